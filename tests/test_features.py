@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+from vsp.errors import ConfigMismatchError, VspInputError
+from vsp.features import ExtractionConfig, FeaturePlan, FeatureStore, LayerInfo, assemble_unit
+from vsp.store import open_store
+
+LAYERS = [LayerInfo("net", "conv1", 0, "conv", 3), LayerInfo("net", "penultimate", 1, "penultimate", 2)]
+
+
+def make_plan(unit_size=2, weights="random"):
+    images = {f"c{i}": [f"/img/c{i}/{j}.png" for j in range(1 + i % 3)] for i in range(5)}
+    cfg = ExtractionConfig(models=("net",), weights=weights, unit_size=unit_size)
+    return FeaturePlan(cfg, sorted(images), images, LAYERS, {"net": "random:0"})
+
+
+def unit_result(plan, unit, rng):
+    start, stop = plan.units[unit]
+    owner = [j for j, c in enumerate(plan.concepts[start:stop]) for _ in plan.images[c]]
+    per_image = {layer.path: rng.random((len(owner), layer.channels)).astype(np.float32) for layer in LAYERS}
+    return assemble_unit(unit, LAYERS, per_image, owner, stop - start, plan.max_images), per_image, owner
+
+
+def test_plan_cuts_units_on_concept_boundaries():
+    plan = make_plan(unit_size=2)
+    assert plan.units == [(0, 2), (2, 4), (4, 5)]
+    assert plan.max_images == 3
+
+
+def test_plan_rejects_concept_without_images():
+    cfg = ExtractionConfig(models=("net",))
+    with pytest.raises(VspInputError, match="c1"):
+        FeaturePlan(cfg, ["c0", "c1"], {"c0": ["a"], "c1": []}, LAYERS, {"net": "x"})
+
+
+def test_create_makes_final_shapes_and_records_metadata(tmp_path):
+    plan = make_plan()
+    fs = FeatureStore(open_store(tmp_path))
+    assert fs.create(plan) is True
+    assert fs.create(plan) is False  # same configuration: a no-op
+    assert np.isnan(fs.read("net", "conv1")).all()
+    assert fs.read("net", "conv1").shape == (5, 3)
+    imgs, counts = fs.read_images("net", "penultimate")
+    assert imgs.shape == (5, 3, 2) and (counts == 0).all()
+    man = fs.manifest()
+    assert man["identity"]["concepts"] == plan.concepts
+    assert man["identity"]["weights_identity"] == {"net": "random:0"}
+    assert "torch" in man["versions"]
+    assert [x.name for x in fs.layers()] == ["conv1", "penultimate"]
+
+
+def test_different_configuration_on_same_prefix_is_refused(tmp_path):
+    FeatureStore(open_store(tmp_path)).create(make_plan())
+    with pytest.raises(ConfigMismatchError, match="config.weights"):
+        FeatureStore(open_store(tmp_path)).create(make_plan(weights="imagenet"))
+
+
+def test_unit_rows_are_mean_then_l2_and_images_padded(tmp_path):
+    plan = make_plan()
+    fs = FeatureStore(open_store(tmp_path))
+    fs.create(plan)
+    rng = np.random.default_rng(0)
+    for u in range(len(plan.units)):
+        assert not fs.is_done(u)
+        res, per_image, owner = unit_result(plan, u, rng)
+        fs.write_unit(plan, res)
+        assert fs.is_done(u)
+        start, _ = plan.units[u]
+        x = per_image["net/conv1"]
+        for j in set(owner):
+            mean = x[np.array(owner) == j].mean(0)
+            np.testing.assert_allclose(fs.read("net", "conv1")[start + j], mean / np.linalg.norm(mean), rtol=1e-6)
+    assert fs.complete()
+    assert fs.pending_units(plan) == []
+    rows = fs.read("net", "penultimate")
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-6)
+    imgs, counts = fs.read_images("net", "conv1")
+    assert counts.tolist() == [1 + i % 3 for i in range(5)]
+    assert np.isnan(imgs[0, 1:]).all() and not np.isnan(imgs[2]).any()
+
+
+def test_marker_only_after_data(tmp_path, monkeypatch):
+    """A unit whose write fails half-way has no marker, so a rerun recomputes it."""
+    plan = make_plan()
+    fs = FeatureStore(open_store(tmp_path))
+    fs.create(plan)
+    res, _, _ = unit_result(plan, 0, np.random.default_rng(1))
+    res.concept_vectors["net/penultimate"] = res.concept_vectors["net/penultimate"][:1]  # wrong shape
+    with pytest.raises(ValueError, match="shape"):
+        fs.write_unit(plan, res)
+    assert not fs.is_done(0)
+    assert fs.pending_units(plan) == [0, 1, 2]
