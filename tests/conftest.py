@@ -28,6 +28,7 @@ def cslb_path(shared_data: Path) -> Path:
     return shared_data / "cslb" / "norms.dat"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """In CI (VSP_NO_SKIP=1) a skipped test is a failed test: CI always has the data and the S3 server."""
     if os.environ.get("VSP_NO_SKIP") == "1" and report.skipped and not hasattr(report, "wasxfail"):

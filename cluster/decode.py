@@ -1,0 +1,60 @@
+"""Ray fan-out of the decoding grid: one task per few layers, the labels put in the object store once.
+
+A task never fits a single probe: it decodes whole layers (all properties x folds at once, batched in
+``vsp.probe``), writes each layer's Parquet and then its marker, so a retried task only redoes its layers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import ray
+
+from vsp.decode_stage import DecodeConfig, DecodeSummary, decode_unit, finish, open_run, pending, prepare
+from vsp.features import FeatureStore
+from vsp.norms import Norms
+from vsp.store import open_store
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def decode_layers_task(store_uri: str, task, layers) -> int:
+    """Decode a few layers on this worker (GPU when the task was given one)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    store = open_store(store_uri)
+    return sum(decode_unit(store, task, layer, device) for layer in layers)
+
+
+def run_decode_ray(
+    store_uri: str,
+    norms: Norms,
+    config: DecodeConfig,
+    layers_per_task: int = 4,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> DecodeSummary:
+    """Coordinator: record the run, fan pending layers out as tasks, then aggregate and draw the figures."""
+    t0 = time.perf_counter()
+    store = open_store(store_uri)
+    task, layers, identity = prepare(FeatureStore(store), norms, config)
+    open_run(store, identity)
+    todo = pending(store, layers)
+    if todo:
+        task_ref = ray.put(task)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        opts = {"num_gpus": 1} if gpus else {}
+        groups = [todo[i : i + layers_per_task] for i in range(0, len(todo), layers_per_task)]
+        refs = {decode_layers_task.options(**opts).remote(store.uri, task_ref, g): len(g) for g in groups}
+        done = fits = 0
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            done += refs.pop(ready[0])
+            fits += ray.get(ready[0])
+            if progress:
+                progress(done, len(todo), fits)
+    else:
+        fits = 0
+    outputs = finish(store, layers)
+    return DecodeSummary(store.uri, len(layers), len(todo), fits, time.perf_counter() - t0, outputs)
