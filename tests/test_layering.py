@@ -20,7 +20,7 @@ def imported_modules(path: Path) -> set[str]:
 def test_no_core_module_imports_ray_or_cluster():
     offenders = {}
     for path in sorted(VSP.rglob("*.py")):
-        if path.name == "cli.py":  # the CLI may reach the Ray layer lazily, inside commands
+        if path.parent.name == "cli":  # the CLI may reach the Ray layer lazily, inside commands
             continue
         bad = imported_modules(path) & {"ray", "cluster", "jobs"}
         if bad:
@@ -29,11 +29,11 @@ def test_no_core_module_imports_ray_or_cluster():
 
 
 def test_cli_imports_ray_only_inside_functions():
-    tree = ast.parse((VSP / "cli.py").read_text())
-    top = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            top |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            top.add(node.module.split(".")[0])
-    assert not top & {"ray", "cluster"}
+    for path in sorted((VSP / "cli").glob("*.py")):
+        top = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                top |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                top.add(node.module.split(".")[0])
+        assert not top & {"ray", "cluster"}, path.name

@@ -1,0 +1,72 @@
+"""`vsp decode`: the property x layer x fold decoding grid, its Parquet results and Figures 1-2."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vsp.cli.app import Progress, app, fail
+from vsp.errors import ConfigMismatchError, VspInputError
+
+
+@app.command()
+def decode(
+    store: Annotated[str, typer.Option("--store", help="Store prefix holding `vsp extract` features.")],
+    norms: Annotated[str, typer.Option("--norms", help="CSLB norms.dat path or URI.")],
+    models: Annotated[str | None, typer.Option(help="Comma-separated models to decode (default: all in the store).")] = None,
+    folds: Annotated[int, typer.Option(help="Stratified folds per property.")] = 5,
+    seed: Annotated[int, typer.Option(help="random_state of StratifiedKFold(shuffle=True).")] = 0,
+    C: Annotated[float, typer.Option("--C", help="Inverse L2 strength, as scikit-learn's LogisticRegression(C=...).")] = 1.0,
+    min_pf: Annotated[float, typer.Option(help="Norms filter: production frequency >= N.")] = 5,
+    min_concepts: Annotated[int, typer.Option(help="Norms filter: properties of >= N concepts.")] = 5,
+    float64: Annotated[bool, typer.Option("--float64", help="Solve in float64 (default float32).")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray address: auto | ray://host:10001. Default: embedded.")] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process without Ray.")] = False,
+) -> None:
+    """Decode every property from every layer with class-weighted L2 logistic regression, F1 per fold.
+
+    Example: vsp decode --store runs/r1 --norms ../shared/data/cslb/norms.dat --models resnet34
+    """
+    from vsp.decode_stage import DecodeConfig
+    from vsp.norms import load_cslb
+
+    try:
+        config = DecodeConfig(
+            folds=folds, seed=seed, C=C, dtype="float64" if float64 else "float32",
+            models=tuple(m.strip() for m in models.split(",")) if models else None,
+        )
+        summary = run_decode(store, load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts), config, address, no_ray)
+    except ConfigMismatchError as exc:
+        fail(str(exc), 3)
+    except (VspInputError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo(summary.line())
+    print_summary_table(store)
+
+
+def run_decode(store: str, norms, config, address: str | None = None, no_ray: bool = False):
+    """Run the decoding grid with a progress bar, through Ray unless ``no_ray``."""
+    from vsp.store import open_store
+
+    progress = Progress("decode", "layer", "fits")
+    try:
+        if no_ray:
+            from vsp.decode_stage import run_decode_local
+
+            return run_decode_local(open_store(store), norms, config, progress=progress)
+        from cluster.decode import run_decode_ray
+        from cluster.runtime import init_ray
+
+        init_ray(address)
+        return run_decode_ray(open_store(store).uri, norms, config, progress=progress)
+    finally:
+        progress.close()
+
+
+def print_summary_table(store: str) -> None:
+    """Mean F1 x 100 per feature class of each network's best layer and its penultimate layer."""
+    from vsp.decode_stage import summary_table
+    from vsp.store import open_store
+
+    typer.echo(summary_table(open_store(store)))

@@ -1,0 +1,87 @@
+"""`vsp extract`: pooled features of every tapped layer of every network, into Zarr on a store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from vsp.cli.app import DEFAULT_MODELS, Progress, app, fail
+from vsp.errors import ConfigMismatchError, VspInputError
+
+
+def layers_arg(layers: str) -> str | tuple[str, ...]:
+    """`all-conv`, `paper` and `re:<regex>` pass through; anything else is a comma-separated name list."""
+    if layers in ("all-conv", "paper") or layers.startswith("re:"):
+        return layers
+    return tuple(x.strip() for x in layers.split(",") if x.strip())
+
+
+@app.command()
+def extract(
+    images: Annotated[str, typer.Option("--images", help="Folder tree, s3:// prefix, or CSV/Parquet manifest.")],
+    store: Annotated[str, typer.Option("--store", help="Output prefix: local folder or s3://bucket/prefix.")],
+    models: Annotated[str, typer.Option(help="Comma-separated torchvision model names.")] = DEFAULT_MODELS,
+    layers: Annotated[str, typer.Option(help="all-conv | paper | re:<regex> | comma-separated module names.")] = "all-conv",
+    weights: Annotated[str, typer.Option(help="imagenet | random | path or s3:// URI of a state_dict.")] = "imagenet",
+    seed: Annotated[int, typer.Option(help="Seed for random weights.")] = 0,
+    pooling: Annotated[str, typer.Option(help="Global pooling per channel: max | mean.")] = "max",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    unit_size: Annotated[int, typer.Option(help="Concepts per work unit (= Zarr chunk rows).")] = 16,
+    norms: Annotated[str | None, typer.Option("--norms", help="Keep only concepts present in these norms.")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray address: auto | ray://host:10001. Default: embedded local Ray.")
+    ] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process without Ray.")] = False,
+) -> None:
+    """Extract pooled features of every tapped layer of every network, one forward pass per batch.
+
+    Example: vsp extract --images photos/ --store runs/r1 --weights random --models alexnet,resnet34
+    """
+    from vsp.features import ExtractionConfig
+    from vsp.images import build_manifest
+
+    try:
+        config = ExtractionConfig(
+            models=tuple(m.strip() for m in models.split(",") if m.strip()), layers=layers_arg(layers),
+            weights=weights, seed=seed, pooling=pooling, unit_size=unit_size,
+        )
+        records = build_manifest(images)
+        concepts = None
+        if norms:
+            from vsp.norms import load_cslb
+
+            concepts = load_cslb(norms).concepts
+        summary = run_extract(store, records, config, concepts, batch_size, address, no_ray)
+    except ConfigMismatchError as exc:
+        fail(str(exc), 3)
+    except (VspInputError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo(summary.line())
+
+
+def run_extract(
+    store: str, records: Sequence, config, concepts=None, batch_size: int = 32, address: str | None = None,
+    no_ray: bool = False,
+):
+    """Run extraction with a progress bar, through Ray unless ``no_ray`` (shared by `extract` and `demo`)."""
+    from vsp.store import open_store
+
+    progress = Progress("extract", "unit", "images")
+    try:
+        if no_ray:
+            from vsp.extract_stage import run_extraction_local
+
+            return run_extraction_local(
+                open_store(store), records, config, concepts, batch_size=batch_size, progress=progress
+            )
+        from cluster.extract import run_extraction_ray
+        from cluster.runtime import init_ray
+
+        init_ray(address)
+        return run_extraction_ray(
+            open_store(store).uri, records, config, concepts, batch_size=batch_size, progress=progress
+        )
+    finally:
+        progress.close()
