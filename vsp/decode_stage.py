@@ -219,3 +219,28 @@ def run_decode_local(
             progress(k + 1, len(todo), fits)
     outputs = finish(store, layers)
     return DecodeSummary(store.uri, len(layers), len(todo), fits, time.perf_counter() - t0, outputs)
+
+
+def summary_table(store: Store) -> str:
+    """A text table of mean F1 x 100 per feature class: each network's penultimate layer and its best layer."""
+    import pandas as pd
+
+    from vsp.norms import FEATURE_CLASSES
+
+    agg = store.read_parquet(f"{ROOT}/summary.parquet").to_pandas()
+    rows = []
+    for model, df in agg.groupby("model", sort=False):
+        overall = df[df["grouping"] == "overall"]
+        picks = [("penultimate", overall[overall["penultimate"]])]
+        convs = overall[~overall["penultimate"]]
+        if not convs.empty:
+            picks.append(("best layer", convs.loc[[convs["f1"].idxmax()]]))
+        for label, pick in picks:
+            if pick.empty:
+                continue
+            name = pick["layer"].iloc[0]
+            sel = df[(df["layer"] == name) & (df["grouping"].isin(["feature_class", "overall"]))]
+            vals = dict(zip(sel["group"], sel["f1"] * 100, strict=True))
+            rows.append({"model": model, "row": f"{label} ({name})", **{c: vals.get(c) for c in (*FEATURE_CLASSES, "overall")}})
+    table = pd.DataFrame(rows)
+    return "mean F1 x 100 by feature class\n" + table.to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep="-")

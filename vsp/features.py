@@ -251,18 +251,20 @@ class FeatureStore:
 
     # -- readers -----------------------------------------------------------------------------------------
     def _root(self) -> zarr.Group:
-        if not self.store.exists(MANIFEST):
-            raise FileNotFoundError(f"no features at {self.store.uri}: run `vsp extract` first")
+        self._require_manifest()
         return zarr.open_group(store=self.store.zarr_store(ZARR_PATH), mode="r", zarr_format=3)
 
-    def concepts(self) -> list[str]:
-        return list(self.manifest()["identity"]["concepts"])  # type: ignore[index]
-
-    def layers(self) -> list[LayerInfo]:
+    def _require_manifest(self) -> dict[str, Any]:
         man = self.manifest()
         if man is None:
             raise FileNotFoundError(f"no features at {self.store.uri}: run `vsp extract` first")
-        return [LayerInfo(**x) for x in man["identity"]["layers"]]
+        return man
+
+    def concepts(self) -> list[str]:
+        return list(self._require_manifest()["identity"]["concepts"])
+
+    def layers(self) -> list[LayerInfo]:
+        return [LayerInfo(**x) for x in self._require_manifest()["identity"]["layers"]]
 
     def read(self, model: str, name: str) -> np.ndarray:
         """Per-concept vectors (n_concepts, C) of one layer."""

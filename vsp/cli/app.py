@@ -48,17 +48,19 @@ class Progress:
     def __init__(self, desc: str, unit: str, what: str) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=None, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True)
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(
+            total=None, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, mininterval=0.2 if tty else 5.0
+        )
         self.what = what
         self.t0 = time.perf_counter()
 
     def __call__(self, done: int, total: int, count: int | None = None) -> None:
         self.bar.total = total
-        self.bar.n = done
         if count is not None:
             rate = count / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix_str(f"{count} {self.what}, {rate:.1f} {self.what}/s")
-        self.bar.refresh()
+            self.bar.set_postfix_str(f"{count} {self.what}, {rate:.1f} {self.what}/s", refresh=False)
+        self.bar.update(done - self.bar.n)  # redraws at most every mininterval
 
     def close(self) -> None:
         self.bar.close()
