@@ -45,4 +45,9 @@ def demo(
     typer.echo(f"[extract] {run_extract(store, manifest, config, nm.concepts, no_ray=no_ray).line()}")
     typer.echo(f"[decode] {run_decode(store, nm, DecodeConfig(seed=seed), no_ray=no_ray).line()}")
     print_summary_table(store)
+    from vsp.report import write_report
+
+    report = write_report(store, out / "report.html", norms=nm)
+    typer.echo(f"[report] {report.line()}")
     typer.echo(f"done: world in {out / 'world'}, results in {store}")
+    typer.echo(f"report: {(out / 'report.html').resolve()}")

@@ -1,0 +1,671 @@
+"""Per-image explanations (paper Appendix B, Figures 3-7): which semantic properties each layer "sees".
+
+For one network layer a **ridge map** is fitted from that layer's pooled vectors to the PF-valued property
+space of the norms (``norms.pf``: production frequencies, 0 = absent, aligned to the feature store's concepts;
+concepts the norms lack are left out). A new image goes through the same network with the run's weights, the
+pooled vector of each chosen layer is mapped to a predicted property vector, and the ``top`` properties with
+the largest predicted PF are listed with their CSLB feature class.
+
+Training data (``source``)
+    ``"images"`` (default): every per-image pooled vector of every concept, each paired with its concept's PF
+    vector (more samples than concepts, and the same kind of input as a new image). ``"concepts"``: the
+    per-concept vectors (mean over the concept's images, L2-normalised), as the paper's cross-modal map.
+    Either way every input row is **L2-normalised** before the map (per-image vectors at training and at
+    prediction time), so per-image and per-concept inputs live on the same scale.
+
+Ridge
+    Multi-output ridge regression with an unpenalised intercept, solved in closed form through the thin SVD
+    of the centred inputs (:func:`fit_ridge`; equal to ``sklearn.linear_model.Ridge(alpha)``).
+    ``alpha="auto"`` (default) picks alpha from :data:`ALPHAS` by grouped 5-fold cross-validation over
+    *concepts* (all images of a concept are held out together, so the choice rewards generalising to unseen
+    concepts, as in Appendix B), scoring the mean cosine between predicted and gold property vectors; ties go
+    to the larger alpha.
+
+Layers
+    ``layers`` takes 1-based **conv indices** like the paper -- ``3,15,27,35`` for ResNet34 are its 3rd, 15th,
+    27th and 35th ``nn.Conv2d`` in module (registration) order, the order of ``--layers all-conv`` (ResNet34
+    has 36, counting the three 1x1 ``downsample`` convs) -- or module names (``layer1.0.conv1``), or
+    ``penultimate``; mixed freely. The layer must be in the feature store (the map is trained on it). Default:
+    ResNet34's paper layers 3, 15, 27, 35; for other networks four stored layers at the same relative depths.
+
+Caching
+    A fitted map is saved in the store as ``explain/<model>/<layer>.npz`` (coefficients, intercept and a JSON
+    header with its identity: source, alpha request, digest of the norms and of the feature manifest). The
+    next call with the same identity loads it instead of refitting; a different identity refits and replaces
+    it. `vsp explain` also records each explained image as ``explain/examples/<name>.json`` and ``.png``, so
+    `vsp report` can show them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from vsp.errors import VspInputError
+from vsp.features import FeatureStore, LayerInfo
+from vsp.norms import FEATURE_CLASSES, Norms
+from vsp.store import Store
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ALPHAS",
+    "CLASS_COLOURS",
+    "PAPER_LAYERS",
+    "Explanation",
+    "LayerPrediction",
+    "PropertyMap",
+    "conv_layer_names",
+    "default_model",
+    "explain_images",
+    "fit_property_map",
+    "fit_ridge",
+    "load_or_fit",
+    "plot_explanation",
+    "resolve_layers",
+    "save_example",
+    "select_alpha",
+    "training_data",
+]
+
+ROOT = "explain"
+FORMAT = 1
+PENULTIMATE = "penultimate"
+#: ridge strengths tried by ``alpha="auto"`` (inputs are L2-normalised rows)
+ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+#: the paper's layers (Appendix B): 1-based conv indices of ResNet34
+PAPER_LAYERS = {"resnet34": (3, 15, 27, 35)}
+#: relative depths of the paper's layers (3, 15, 27, 35 of ResNet34's 36 convs), used for other networks
+_PAPER_DEPTHS = (3 / 36, 15 / 36, 27 / 36, 35 / 36)
+#: one fixed colour per CSLB feature class (matplotlib's tab10 hues)
+CLASS_COLOURS = {
+    "taxonomic": "#1f77b4",
+    "visual perceptual": "#ff7f0e",
+    "other perceptual": "#9467bd",
+    "functional": "#2ca02c",
+    "encyclopaedic": "#d62728",
+}
+
+
+# ----------------------------------------------------------------------------------------------- ridge
+def _l2rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
+
+
+def _svd_parts(X: np.ndarray, Y: np.ndarray):
+    xm, ym = X.mean(axis=0), Y.mean(axis=0)
+    U, s, Vt = np.linalg.svd(X - xm, full_matrices=False)
+    return xm, ym, U, s, Vt, U.T @ (Y - ym)
+
+
+def _solve(parts, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    xm, ym, _U, s, Vt, uty = parts
+    d = s / (s * s + alpha)
+    coef = Vt.T @ (d[:, None] * uty)
+    return coef, ym - xm @ coef
+
+
+def fit_ridge(X: np.ndarray, Y: np.ndarray, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression ``Y ~ X @ coef + b`` with an unpenalised intercept: ``(coef (C, P), b (P,))``.
+
+    Solved exactly through the thin SVD of the centred ``X`` (works for ``C`` larger or smaller than ``n``).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
+        raise VspInputError(f"ridge needs X (n, C) and Y (n, P) with the same n, got {X.shape} and {Y.shape}")
+    if alpha < 0:
+        raise VspInputError(f"ridge alpha must be >= 0, got {alpha}")
+    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+        raise VspInputError("ridge inputs contain NaN or inf values")
+    return _solve(_svd_parts(X, Y), float(alpha))
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return np.einsum("ij,ij->i", a, b) / np.maximum(na * nb, 1e-12)
+
+
+def select_alpha(
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray,
+    alphas: Sequence[float] = ALPHAS,
+    folds: int = 5,
+    seed: int = 0,
+) -> tuple[float, dict[float, float]]:
+    """Choose alpha by grouped K-fold CV over concepts: best mean cosine(pred, gold), ties -> larger alpha.
+
+    Returns ``(alpha, {alpha: mean held-out cosine})``. With fewer than 3 groups the middle of ``alphas`` is
+    used.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    alphas = sorted(float(a) for a in alphas)
+    if n_groups < 3:
+        mid = alphas[len(alphas) // 2]
+        log.warning("only %d concepts: ridge alpha fixed at %g (no cross-validation)", n_groups, mid)
+        return mid, {}
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    try:
+        splitter = GroupKFold(n_splits=min(folds, n_groups), shuffle=True, random_state=seed)
+    except TypeError:  # scikit-learn < 1.6 has no shuffle for GroupKFold
+        splitter = GroupKFold(n_splits=min(folds, n_groups))
+    totals = dict.fromkeys(alphas, 0.0)
+    count = 0
+    for tr, te in splitter.split(X, Y, groups):
+        parts = _svd_parts(X[tr], Y[tr])
+        for a in alphas:
+            coef, b = _solve(parts, a)
+            totals[a] += float(_cosine_rows(X[te] @ coef + b, Y[te]).sum())
+        count += len(te)
+    scores = {a: totals[a] / count for a in alphas}
+    best = max(alphas, key=lambda a: (round(scores[a], 10), a))
+    return best, scores
+
+
+# ------------------------------------------------------------------------------------------ property map
+@dataclass
+class PropertyMap:
+    """A fitted ridge map from one layer's pooled vectors to the property space."""
+
+    model: str
+    layer: str
+    source: str  # "images" | "concepts"
+    alpha: float
+    coef: np.ndarray  # (C, P) float32
+    intercept: np.ndarray  # (P,) float32
+    properties: list[str]
+    feature_class: list[str]
+    fine_grained: list[str]
+    n_train: int
+    n_concepts: int
+    identity: dict[str, Any] = field(default_factory=dict)
+    cv_scores: dict[str, float] = field(default_factory=dict)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted PF vectors ``(n, P)`` for raw pooled vectors ``(n, C)`` (rows L2-normalised first)."""
+        X = np.atleast_2d(np.asarray(X))
+        if X.shape[1] != self.coef.shape[0]:
+            raise VspInputError(
+                f"{self.model}/{self.layer}: inputs have {X.shape[1]} channels, "
+                f"the map expects {self.coef.shape[0]}"
+            )
+        return (_l2rows(X) @ self.coef.astype(np.float64) + self.intercept).astype(np.float32)
+
+    def top(self, prediction: np.ndarray, k: int = 10) -> list[tuple[str, float, str, str]]:
+        """The ``k`` largest entries of one predicted vector: ``(property, value, class, fine type)``."""
+        v = np.asarray(prediction).ravel()
+        order = np.argsort(-v, kind="stable")[: max(0, int(k))]
+        return [(self.properties[j], float(v[j]), self.feature_class[j], self.fine_grained[j]) for j in order]
+
+    # -- (de)serialisation ----------------------------------------------------------------------------------
+    def header(self) -> dict[str, Any]:
+        """Everything but the arrays (JSON-able): what the ``.npz`` file stores as its header."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("coef", "intercept")}
+        d["format"] = FORMAT
+        return d
+
+    def to_bytes(self) -> bytes:
+        """The map as ``.npz`` bytes (coefficients, intercept, JSON header); no pickle."""
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            coef=self.coef.astype(np.float32),
+            intercept=self.intercept.astype(np.float32),
+            header=np.array(json.dumps(self.header())),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PropertyMap:
+        """Read a map written by :meth:`to_bytes`."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            coef, intercept = np.asarray(z["coef"]), np.asarray(z["intercept"])
+        header.pop("format", None)
+        return cls(coef=coef, intercept=intercept, **header)
+
+
+def map_path(model: str, layer: str) -> str:
+    """Where the fitted map of one layer is cached in the store."""
+    return f"{ROOT}/{model}/{layer}.npz"
+
+
+def _norms_digest(norms: Norms) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([norms.concepts, norms.properties, norms.feature_class]).encode())
+    h.update(np.ascontiguousarray(norms.pf, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _features_digest(fs: FeatureStore) -> str:
+    man = fs.manifest()
+    if man is None:
+        raise FileNotFoundError(f"no features at {fs.store.uri}: run `vsp extract` first")
+    return hashlib.sha256(json.dumps(man["identity"], sort_keys=True).encode()).hexdigest()
+
+
+def training_data(
+    fs: FeatureStore, norms: Norms, model: str, layer: str, source: str = "images"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, Y, groups)``: L2-normalised inputs, PF targets aligned to them, and each row's concept index."""
+    if source not in ("images", "concepts"):
+        raise VspInputError(f"source must be 'images' or 'concepts', got {source!r}")
+    concepts = fs.concepts()
+    index = {c: i for i, c in enumerate(norms.concepts)}
+    rows = [i for i, c in enumerate(concepts) if c in index]
+    if len(rows) < 2:
+        raise VspInputError(
+            f"only {len(rows)} concepts of {fs.store.uri} are in the norms ({norms.source}); "
+            "an explanation map needs at least 2"
+        )
+    pf = np.asarray(norms.pf, dtype=np.float64)[[index[concepts[i]] for i in rows]]
+    if source == "concepts":
+        X = fs.read(model, layer)[rows]
+        keep = np.isfinite(X).all(axis=1)
+        if not keep.all():
+            raise VspInputError(
+                f"{fs.store.uri}: layer {model}/{layer} has missing rows; finish `vsp extract` first"
+            )
+        return _l2rows(X), pf, np.arange(len(rows))
+    imgs, counts = fs.read_images(model, layer)
+    xs, ys, gs = [], [], []
+    for g, r in enumerate(rows):
+        block = imgs[r, : int(counts[r])]
+        block = block[np.isfinite(block).all(axis=1)]
+        if len(block) == 0:
+            continue
+        xs.append(block)
+        ys.append(np.repeat(pf[g][None], len(block), axis=0))
+        gs.append(np.full(len(block), g))
+    if not xs:
+        raise VspInputError(
+            f"{fs.store.uri}: layer {model}/{layer} has no per-image vectors; finish `vsp extract`"
+        )
+    return _l2rows(np.concatenate(xs)), np.concatenate(ys), np.concatenate(gs)
+
+
+def fit_property_map(
+    fs: FeatureStore,
+    norms: Norms,
+    model: str,
+    layer: str,
+    source: str = "images",
+    alpha: float | str = "auto",
+) -> PropertyMap:
+    """Fit the ridge map of one layer (alpha chosen by grouped CV when ``"auto"``)."""
+    X, Y, groups = training_data(fs, norms, model, layer, source)
+    scores: dict[float, float] = {}
+    if alpha == "auto":
+        a, scores = select_alpha(X, Y, groups)
+    else:
+        a = float(alpha)
+    coef, intercept = fit_ridge(X, Y, a)
+    log.info(
+        "%s/%s: ridge alpha %g on %d %s rows (%d concepts)",
+        model,
+        layer,
+        a,
+        len(X),
+        source,
+        len(np.unique(groups)),
+    )
+    return PropertyMap(
+        model=model,
+        layer=layer,
+        source=source,
+        alpha=a,
+        coef=coef.astype(np.float32),
+        intercept=intercept.astype(np.float32),
+        properties=list(norms.properties),
+        feature_class=list(norms.feature_class),
+        fine_grained=list(norms.fine_grained),
+        n_train=len(X),
+        n_concepts=int(len(np.unique(groups))),
+        identity={},
+        cv_scores={str(k): v for k, v in scores.items()},
+    )
+
+
+def load_or_fit(
+    store: Store, norms: Norms, model: str, layer: str, source: str = "images", alpha: float | str = "auto"
+) -> tuple[PropertyMap, bool]:
+    """The cached map of ``explain/<model>/<layer>.npz`` when its identity matches, else a new fit (saved).
+
+    Returns ``(map, reused)``.
+    """
+    fs = FeatureStore(store)
+    identity = {
+        "format": FORMAT,
+        "source": source,
+        "alpha": alpha if alpha == "auto" else float(alpha),
+        "norms": _norms_digest(norms),
+        "features": _features_digest(fs),
+    }
+    path = map_path(model, layer)
+    if store.exists(path):
+        try:
+            cached = PropertyMap.from_bytes(store.read_bytes(path))
+            if cached.identity == identity:
+                log.info("reusing the map %s", store.key_uri(path))
+                return cached, True
+            log.info("%s was fitted with another configuration: refitting", store.key_uri(path))
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            log.warning("could not read %s (%s): refitting", store.key_uri(path), exc)
+    pmap = fit_property_map(fs, norms, model, layer, source, alpha)
+    pmap.identity = identity
+    store.write_bytes(path, pmap.to_bytes())
+    return pmap, False
+
+
+# ---------------------------------------------------------------------------------------------- layers
+def conv_layer_names(model: str) -> list[str]:
+    """Every ``nn.Conv2d`` module name of a torchvision model, in module order (the ``all-conv`` order)."""
+    import torch
+    import torchvision
+    from torch import nn
+
+    from vsp.networks import _check_model_name
+
+    _check_model_name(model)
+    try:
+        with torch.device("meta"):  # the architecture only: no memory, no initialisation cost
+            net = torchvision.models.get_model(model, weights=None)
+    except Exception:  # noqa: BLE001 - a constructor that refuses the meta device: build it for real
+        net = torchvision.models.get_model(model, weights=None)
+    return [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def default_model(fs: FeatureStore) -> str:
+    """``resnet34`` when the store has it (the paper's choice), else the store's first model."""
+    models = list(dict.fromkeys(x.model for x in fs.layers()))
+    if not models:
+        raise VspInputError(f"{fs.store.uri}: the feature store has no layers")
+    return "resnet34" if "resnet34" in models else models[0]
+
+
+def resolve_layers(
+    spec: str | Sequence[str | int] | None, model: str, stored: Sequence[LayerInfo]
+) -> list[tuple[str, str]]:
+    """Turn a layer spec into ``[(module name, label)]`` of layers present in the store, in the given order.
+
+    ``spec``: ``None`` (default layers, see the module docstring), ``"3,15,27,35"``, a list of ints and names,
+    or names like ``"layer1.0.conv1"`` / ``"penultimate"``. Integers are 1-based conv indices (module order).
+    Labels are ``"conv 3"`` for convs and the name otherwise.
+    """
+    have = [x.name for x in stored if x.model == model]
+    if not have:
+        raise VspInputError(f"the feature store has no layers of model {model!r}")
+    convs = conv_layer_names(model)
+    conv_no = {n: i + 1 for i, n in enumerate(convs)}
+
+    def label(name: str) -> str:
+        return f"conv {conv_no[name]}" if name in conv_no else name
+
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        paper = PAPER_LAYERS.get(model)
+        if paper and max(paper) <= len(convs) and all(convs[k - 1] in have for k in paper):
+            names = [convs[k - 1] for k in paper]
+        else:
+            body = [n for n in have if n != PENULTIMATE] or have
+            idx = sorted({min(len(body) - 1, max(0, round(f * len(body)) - 1)) for f in _PAPER_DEPTHS})
+            names = [body[i] for i in idx]
+        return [(n, label(n)) for n in names]
+    tokens = [t.strip() for t in spec.split(",")] if isinstance(spec, str) else [str(t).strip() for t in spec]
+    out: list[tuple[str, str]] = []
+    for tok in (t for t in tokens if t):
+        if re.fullmatch(r"\d+", tok):
+            k = int(tok)
+            if not 1 <= k <= len(convs):
+                raise VspInputError(
+                    f"layer {k}: {model} has {len(convs)} conv layers (1-based indices 1..{len(convs)})"
+                )
+            name = convs[k - 1]
+        else:
+            name = tok
+        if name not in have:
+            what = f"conv {tok} ({name})" if tok != name else repr(name)
+            shown = ", ".join(have[:6]) + (", ..." if len(have) > 6 else "")
+            raise VspInputError(
+                f"layer {what} of {model} is not in the feature store ({len(have)} stored layers: {shown}); "
+                "extract with --layers all-conv, or pick a stored layer"
+            )
+        if name not in [n for n, _ in out]:
+            out.append((name, label(name)))
+    if not out:
+        raise VspInputError(f"empty layer selection {spec!r}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- explaining
+@dataclass
+class LayerPrediction:
+    """The top properties predicted from one layer for one image."""
+
+    layer: str
+    label: str
+    properties: list[str]
+    values: list[float]
+    feature_class: list[str]
+    fine_grained: list[str]
+
+
+@dataclass
+class Explanation:
+    """Top-k predicted properties per layer for one image."""
+
+    image: str
+    model: str
+    weights: str
+    source: str
+    layers: list[LayerPrediction]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (what ``explain/examples/<name>.json`` holds)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Explanation:
+        """Rebuild from :meth:`to_json`."""
+        d = dict(d)
+        d["layers"] = [LayerPrediction(**x) for x in d["layers"]]
+        return cls(**d)
+
+    def to_text(self) -> str:
+        """The printed form: one block per layer, rank, property, predicted PF, feature class."""
+        lines = [f"{self.image}  ({self.model}, weights {self.weights}, map trained on {self.source})"]
+        for lp in self.layers:
+            lines.append(f"  {lp.label}" + (f" ({lp.layer})" if lp.label != lp.layer else "") + ":")
+            width = max((len(p) for p in lp.properties), default=10)
+            for i, (p, v, c) in enumerate(zip(lp.properties, lp.values, lp.feature_class, strict=True), 1):
+                lines.append(f"    {i:2d}. {p:<{width}}  {v:7.2f}  {c}")
+        return "\n".join(lines)
+
+
+def _image_tensor(uri: str):
+    from vsp.images import load_image, preprocess
+
+    return preprocess(load_image(uri))
+
+
+def image_features(
+    fs: FeatureStore, model: str, layers: Sequence[str], images: Sequence[str], device: str = "cpu"
+) -> dict[str, np.ndarray]:
+    """Pooled vectors ``layer -> (n_images, C)`` of new images with the run's network, weights and pooling."""
+    import torch
+
+    from vsp.extract import MultiNetExtractor, extract_images
+
+    man = fs.manifest()
+    if man is None:
+        raise FileNotFoundError(f"no features at {fs.store.uri}: run `vsp extract` first")
+    ident = man["identity"]
+    cfg = ident["config"]
+    modules = [x for x in layers if x != PENULTIMATE]
+    if not modules:  # the extractor needs one module tap; take the first stored one and ignore it
+        modules = [next(x.name for x in fs.layers() if x.model == model and x.name != PENULTIMATE)]
+    weights = cfg["weights"] if isinstance(cfg["weights"], str) else cfg["weights"][model]
+    with MultiNetExtractor(
+        [model],
+        layers=modules,
+        weights=weights,
+        seed=int(cfg.get("seed", 0)),
+        device=device,
+        pooling=cfg.get("pooling", "max"),
+        penultimate=PENULTIMATE in layers,
+    ) as ext:
+        want = ident.get("weights_identity", {}).get(model)
+        got = ext.weights_identity[model]
+        if want is not None and got != want:
+            raise VspInputError(
+                f"{model}: the feature store was extracted with weights {want}, "
+                f"but {weights!r} now loads {got}; "
+                "explanations need the run's own weights"
+            )
+        batch = torch.stack([_image_tensor(u) for u in images])
+        feats = extract_images(ext, batch, batch_size=16)[model]
+    return {name: feats[name] for name in layers}
+
+
+def explain_images(
+    store: Store,
+    norms: Norms,
+    images: Sequence[str | os.PathLike],
+    model: str | None = None,
+    layers: str | Sequence[str | int] | None = None,
+    top: int = 10,
+    source: str = "images",
+    alpha: float | str = "auto",
+    device: str = "cpu",
+) -> list[Explanation]:
+    """Explain each image: top-``top`` predicted properties at each chosen layer (maps fitted or reused)."""
+    if top < 1:
+        raise VspInputError(f"top must be >= 1, got {top}")
+    if not images:
+        raise VspInputError("no images to explain")
+    fs = FeatureStore(store)
+    model = model or default_model(fs)
+    chosen = resolve_layers(layers, model, fs.layers())
+    maps = {name: load_or_fit(store, norms, model, name, source, alpha)[0] for name, _ in chosen}
+    uris = [os.fspath(u) for u in images]
+    feats = image_features(fs, model, [n for n, _ in chosen], uris, device)
+    weights = (fs.manifest() or {}).get("identity", {}).get("weights_identity", {}).get(model, "?")
+    out = []
+    for i, uri in enumerate(uris):
+        per_layer = []
+        for name, lab in chosen:
+            pmap = maps[name]
+            top_k = pmap.top(pmap.predict(feats[name][i : i + 1])[0], top)
+            per_layer.append(
+                LayerPrediction(
+                    layer=name,
+                    label=lab,
+                    properties=[t[0] for t in top_k],
+                    values=[t[1] for t in top_k],
+                    feature_class=[t[2] for t in top_k],
+                    fine_grained=[t[3] for t in top_k],
+                )
+            )
+        out.append(Explanation(image=uri, model=model, weights=weights, source=source, layers=per_layer))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- figure
+def _network_view(uri: str):
+    """The image as the network sees it: shorter side 256, centre crop 224 (before normalisation)."""
+    from torchvision.transforms import CenterCrop, Resize
+
+    from vsp.images import CROP, RESIZE, load_image
+
+    return CenterCrop(CROP)(Resize(RESIZE)(load_image(uri)))
+
+
+def plot_explanation(
+    expl: Explanation, out: str | os.PathLike | BinaryIO, image: Any = None, dpi: int = 100
+) -> None:
+    """Write a PNG in the style of the paper's Figures 4-7: the image, then one bar chart per layer.
+
+    Bars are the top predicted PF values (largest on top), coloured by feature class, with one legend for the
+    classes shown. ``image`` (a PIL image) overrides loading ``expl.image``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    n_layers = len(expl.layers)
+    bar_cols = max(1, min(n_layers, 2) if n_layers <= 4 else 3)
+    nrows = max(1, -(-n_layers // bar_cols))
+    fig = Figure(figsize=(4.2 + 5.0 * bar_cols, 3.6 * nrows + 0.7), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(nrows, bar_cols + 1, width_ratios=[0.85] + [1.0] * bar_cols)
+    ax = fig.add_subplot(grid[:, 0])  # the image spans every row of the first column
+    bars = [fig.add_subplot(grid[r, 1 + c]) for r in range(nrows) for c in range(bar_cols)]
+    try:
+        view = image if image is not None else _network_view(expl.image)
+        ax.imshow(np.asarray(view))
+    except (OSError, VspInputError) as exc:
+        ax.text(0.5, 0.5, f"image unavailable:\n{exc}", ha="center", va="center", wrap=True, fontsize=8)
+    ax.set_title(Path(expl.image).name, fontsize=10)
+    ax.set_axis_off()
+    present: list[str] = []
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for i, lp in enumerate(expl.layers):
+        ax = bars[i]
+        y = np.arange(len(lp.properties))[::-1]
+        colours = [CLASS_COLOURS.get(c, "#7f7f7f") for c in lp.feature_class]
+        ax.barh(y, lp.values, color=colours, edgecolor="none")
+        ax.set_yticks(y, [p.replace("_", "/") for p in lp.properties], fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel("predicted production frequency", fontsize=8)
+        ax.axvline(0, color="#444444", linewidth=0.6)
+        ax.set_title(f"({letters[i % 26]}) {expl.model} {lp.label}", fontsize=10)
+        for c in lp.feature_class:
+            if c not in present:
+                present.append(c)
+    for ax in bars[n_layers:]:
+        ax.set_axis_off()
+    order = [c for c in FEATURE_CLASSES if c in present] + [c for c in present if c not in FEATURE_CLASSES]
+    handles = [Patch(color=CLASS_COLOURS.get(c, "#7f7f7f"), label=c) for c in order]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
+    fig.suptitle(f"Top property predictions per layer ({expl.model}, weights {expl.weights})", fontsize=11)
+    if isinstance(out, str | os.PathLike):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+
+
+def figure_bytes(expl: Explanation, image: Any = None) -> bytes:
+    """The explanation figure as PNG bytes."""
+    buf = io.BytesIO()
+    plot_explanation(expl, buf, image=image)
+    return buf.getvalue()
+
+
+def _slug(expl: Explanation) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(expl.image).stem)[:40].strip("-") or "image"
+    digest = hashlib.sha256(f"{expl.image}|{expl.model}".encode()).hexdigest()[:8]
+    return f"{stem}-{expl.model}-{digest}"
+
+
+def save_example(store: Store, expl: Explanation, png: bytes) -> str:
+    """Record an explanation in the store (``explain/examples/<name>.json`` + ``.png``) for `vsp report`."""
+    key = f"{ROOT}/examples/{_slug(expl)}"
+    store.write_bytes(f"{key}.png", png)
+    store.write_json(f"{key}.json", expl.to_json())
+    return key
