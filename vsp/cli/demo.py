@@ -45,6 +45,9 @@ def demo(
     typer.echo(f"[extract] {run_extract(store, manifest, config, nm.concepts, no_ray=no_ray).line()}")
     typer.echo(f"[decode] {run_decode(store, nm, DecodeConfig(seed=seed), no_ray=no_ray).line()}")
     print_summary_table(store)
+    from vsp.cli.mapping import run_demo_steps
+
+    run_demo_steps(out, store, world, nm, config.models, seed, no_ray)
     from vsp.report import write_report
 
     report = write_report(store, out / "report.html", norms=nm)
