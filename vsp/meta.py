@@ -134,39 +134,44 @@ def svd_meta(
 
 
 class OneToN(nn.Module):
-    """The 1ToN network: meta-embeddings ``E`` (n x k) and one linear map (k -> d_j) per source."""
+    """The 1ToN network: meta-embeddings ``E`` (n x k) and one linear map (k -> d_j) per source.
+
+    The per-source maps are held side by side in one ``(k, sum d_j)`` matrix so that a step costs one matrix
+    product whatever the number of sources (DenseNet169 has 168); Adam is elementwise, so this trains exactly
+    the per-source model of Yin & Schuetze.
+    """
 
     def __init__(self, n: int, k: int, dims: Sequence[int], generator: torch.Generator | None = None):
         super().__init__()
         g = generator
         self.E = nn.Parameter(torch.randn(n, k, generator=g) * (1.0 / np.sqrt(k)))
-        self.M = nn.ParameterList()
-        self.b = nn.ParameterList()
         bound = 1.0 / np.sqrt(k)
-        for d in dims:
-            self.M.append(nn.Parameter((torch.rand(k, d, generator=g) * 2 - 1) * bound))
-            self.b.append(nn.Parameter(torch.zeros(d)))
+        self.M = nn.Parameter(torch.cat([(torch.rand(k, d, generator=g) * 2 - 1) * bound for d in dims], dim=1))
+        self.b = nn.Parameter(torch.zeros(sum(dims)))
+        self.register_buffer("source", torch.repeat_interleave(torch.arange(len(dims)), torch.tensor(list(dims))))
+        self.dims = list(dims)
 
     def forward(self) -> list[torch.Tensor]:
         """Reconstructions ``E M_j + b_j`` of every source, each ``(n, d_j)``."""
-        return [self.E @ m + b for m, b in zip(self.M, self.b, strict=True)]
+        return list(torch.split(self.E @ self.M + self.b, self.dims, dim=1))
 
     def losses(
         self,
-        targets: Sequence[torch.Tensor],
-        betas: Sequence[float],
+        target: torch.Tensor,
+        betas: torch.Tensor,
         lam: float,
-        E: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[float]]:
-        """Total loss and the per-source mean squared reconstruction errors (without the penalty)."""
-        emb = self.E if E is None else E
-        total = emb.new_zeros(())
-        recon: list[float] = []
-        for m, b, t, beta in zip(self.M, self.b, targets, betas, strict=True):
-            err = ((emb @ m + b - t) ** 2).sum(dim=1).mean()
-            total = total + beta * (err + lam * (m**2).sum())
-            recon.append(float(err.detach()))
-        return total, recon
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Total loss and the per-source mean squared reconstruction errors (without the penalty).
+
+        ``target`` is the sources concatenated column-wise ``(n, sum d_j)``; ``betas`` one weight per source.
+        """
+        n = target.shape[0]
+        col_err = ((self.E @ self.M + self.b - target) ** 2).sum(dim=0) / n
+        col_pen = (self.M**2).sum(dim=0)
+        per_source = torch.zeros(len(self.dims), dtype=col_err.dtype, device=col_err.device)
+        recon = per_source.index_add(0, self.source, col_err)
+        penalty = per_source.index_add(0, self.source, col_pen)
+        return (betas * (recon + lam * penalty)).sum(), recon.detach()
 
 
 @dataclass
@@ -223,16 +228,16 @@ def onetoN_meta(  # noqa: N802 - name fixed by the project contract
     dev = _resolve_device(device)
     g = torch.Generator().manual_seed(int(seed))
     model = OneToN(n, k, [x.shape[1] for x in layers], generator=g).to(dev)
-    targets = [torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev) for x in layers]
+    target = torch.cat([torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in layers], dim=1).to(dev)
+    beta_t = torch.as_tensor(np.asarray(b, dtype=np.float32), device=dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     history: list[float] = []
     best = float("inf")
     stall = 0
     converged = False
-    recon: list[float] = []
     for _epoch in range(epochs):
         opt.zero_grad(set_to_none=True)
-        loss, recon = model.losses(targets, b, lam)
+        loss, _ = model.losses(target, beta_t, lam)
         loss.backward()
         opt.step()
         value = float(loss.detach())
@@ -250,7 +255,7 @@ def onetoN_meta(  # noqa: N802 - name fixed by the project contract
             converged = True
             break
     with torch.no_grad():
-        _, recon = model.losses(targets, b, lam)
+        recon = model.losses(target, beta_t, lam)[1].cpu().tolist()
     emb = model.E.detach().cpu().numpy().astype(np.float32)
     log.info(
         "onetoN_meta: %d concepts, %d sources, k=%d, %d epochs (%s), loss %.4g",
