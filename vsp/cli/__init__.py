@@ -5,7 +5,7 @@ inside the commands that fan work out (through ``cluster``), so `vsp norms` and 
 instantly and the compute core stays Ray-free.
 """
 
-from vsp.cli import decode, demo, extract, images, norms  # noqa: F401  (registers the commands)
+from vsp.cli import cluster, decode, demo, explain, extract, images, mapping, meta, norms, report, similarity  # noqa: F401  (registers the commands)
 from vsp.cli.app import app
 
 __all__ = ["app", "main"]

@@ -1,0 +1,225 @@
+"""The driver every job entry point shares: read the configuration, record the run, connect Ray, run stages.
+
+A job's driver is the run's coordinator: it alone writes ``run.json`` (``vsp.runmanifest``), creates the
+stages' arrays and hands units to Ray workers. Killing it loses no finished unit: every unit's marker is
+written after its data, so the next run (``vsp run``, ``vsp submit``, ``python -m jobs.pipeline``) skips
+them.
+
+Exit codes of ``main``: 0 done, 1 failed, 2 bad input (a file, key or value named in the message), 3 the store
+prefix holds a run with a different configuration, 143 stopped by SIGTERM (``ray job stop``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs import STAGES
+from vsp.errors import ConfigMismatchError, VspInputError
+from vsp.runconfig import STAGE_ORDER, RunConfig, load_from_env, load_run_config
+from vsp.runmanifest import RunRecord, format_progress, store_progress
+from vsp.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+class StopRequested(BaseException):  # noqa: N818 - a signal, not an error
+    """SIGTERM reached the driver (``ray job stop``, a scheduler's eviction): stop and record it."""
+
+
+@dataclass
+class StageContext:
+    """What a stage's ``run(ctx)`` gets: the configuration, the store, the run record, and how to compute."""
+
+    config: RunConfig
+    store: Store
+    record: RunRecord
+    use_ray: bool
+    _norms: Any = field(default=None, repr=False)
+
+    def norms(self):  # -> vsp.norms.Norms
+        """The configured norms, loaded once per run (several stages need them)."""
+        if self._norms is None:
+            from vsp.norms import load_cslb
+
+            spec = self.config.norms
+            if spec is None:
+                raise VspInputError("norms: required by this stage (path or URI of CSLB norms.dat)")
+            self._norms = load_cslb(spec.path, min_pf=spec.min_pf, min_concepts=spec.min_concepts)
+        return self._norms
+
+    def progress(self, stage: str, unit: str, what: str) -> Callable[..., None]:
+        """A progress callback that logs one line per finished unit (job logs have no progress bars)."""
+        t0 = time.perf_counter()
+
+        def report(done: int, total: int, count: int | None = None) -> None:
+            rate = ""
+            if count is not None:
+                rate = f", {count} {what} ({count / max(time.perf_counter() - t0, 1e-9):.1f}/s)"
+            log.info("%s: %d/%d %s%s", stage, done, total, unit, rate)
+
+        return report
+
+
+def connect_ray(address: str | None) -> None:
+    """Join ``address``, else the job's own cluster inside `ray job submit`, else start an embedded Ray."""
+    from cluster.runtime import init_ray
+
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        address = "auto"  # a Ray job's driver: RAY_ADDRESS names the cluster it was submitted to
+    init_ray(address)
+
+
+def run_stage_list(config: RunConfig) -> list[str]:
+    """The configuration's stages in pipeline order."""
+    return [s for s in STAGE_ORDER if s in config.stages]
+
+
+def run_pipeline(
+    config: RunConfig,
+    stages: Sequence[str] | None = None,
+    address: str | None = None,
+    no_ray: bool = False,
+) -> RunRecord:
+    """Run the configuration's stages (or ``stages``), in pipeline order, recording every step in run.json."""
+    if stages is not None:
+        config = config.with_stages(tuple(stages))
+    store = open_store(config.store)
+    record = RunRecord.begin(store, config)  # refuses a prefix holding another configuration: nothing written
+    log.info("run %s: stages %s (attempt %d)", store.uri, ", ".join(config.stages), record.attempt["attempt"])
+    try:
+        if not no_ray:
+            connect_ray(address)
+            if _handler_wanted:  # ray.init installs its own SIGTERM handler (sys.exit): take it back
+                signal.signal(signal.SIGTERM, _on_sigterm)
+        ctx = StageContext(config, store, record, use_ray=not no_ray)
+        for name in run_stage_list(config):
+            module = STAGES.get(name)
+            if module is None:
+                log.warning("stage %s is not built yet: skipped", name)
+                record.stage_skipped(name, "not built yet")
+                continue
+            record.stage_started(name)
+            t0 = time.perf_counter()
+            try:
+                counts = importlib.import_module(module).run(ctx)
+            except BaseException as exc:
+                _record(record.stage_failed, name, _describe(exc))
+                raise
+            record.stage_finished(name, time.perf_counter() - t0, counts)
+    except BaseException as exc:
+        _record(record.finish, error=_describe(exc))
+        raise
+    record.finish()
+    return record
+
+
+def _record(method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Record a failure in run.json if the store allows; it may be what failed, so keep the first error."""
+    try:
+        method(*args, **kwargs)
+    except Exception:  # noqa: BLE001
+        log.warning("could not record the failure in run.json", exc_info=True)
+
+
+def root_cause(exc: BaseException) -> str:
+    """``Type: message`` of the error that started it all (a Ray task error wraps the worker's exception)."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}".strip()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, StopRequested) or (isinstance(exc, SystemExit) and exc.code == signal.SIGTERM):
+        return "stopped (SIGTERM)"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return root_cause(exc)
+
+
+def load_config(path: str | None) -> RunConfig:
+    """A configuration file, or (for `vsp submit` jobs) the normalised configuration in $VSP_RUN_CONFIG."""
+    return load_run_config(path) if path else load_from_env()
+
+
+_handler_wanted = False  # set by main(): a library caller keeps its own signal handling
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise StopRequested()
+
+
+def main(stage: str | None = None, argv: Sequence[str] | None = None) -> int:
+    """Command-line entry of ``python -m jobs.<stage>`` (``stage=None``: the whole pipeline)."""
+    prog = f"python -m jobs.{stage or 'pipeline'}"
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            f"Run {'the ' + stage + ' stage' if stage else 'every stage the configuration lists'} "
+            f"of a vsp run. Example: {prog} run.yaml  |  "
+            f"ray job submit --address http://HEAD:8265 --working-dir . -- {prog} run.yaml"
+        ),
+    )
+    parser.add_argument(
+        "config", nargs="?", help="run configuration (YAML/TOML/JSON); default: $VSP_RUN_CONFIG"
+    )
+    parser.add_argument(
+        "--address",
+        help="Ray address (auto, HOST:6379, ray://HOST:10001); default: the job's cluster, else embedded",
+    )
+    parser.add_argument("--no-ray", action="store_true", help="run in this process without Ray")
+    if stage is None:
+        parser.add_argument("--stages", help="comma-separated subset of the configuration's stages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    global _handler_wanted
+    if threading_is_main():
+        _handler_wanted = True
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        config = load_config(args.config)
+        stages: list[str] | None = [stage] if stage else None
+        if stage is None and args.stages:
+            stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        run_pipeline(config, stages, address=args.address, no_ray=args.no_ray)
+    except ConfigMismatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (VspInputError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StopRequested:
+        print("stopped: SIGTERM received; finished units are kept, rerun to resume", file=sys.stderr)
+        return 143
+    except Exception as exc:  # noqa: BLE001 - report any failure in one line after its traceback
+        log.exception("run failed")
+        print(f"error: {root_cause(exc)}; finished units are kept, rerun to resume", file=sys.stderr)
+        return 1
+    print(format_progress(store_progress(open_store(config.store))))
+    return 0
+
+
+def threading_is_main() -> bool:
+    """Signal handlers can only be installed from the main thread."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
