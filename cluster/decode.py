@@ -17,7 +17,7 @@ from vsp.norms import Norms
 from vsp.store import open_store
 
 
-@ray.remote(num_cpus=1, max_retries=3)
+@ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)
 def decode_layers_task(store_uri: str, task, layers) -> int:
     """Decode a few layers on this worker (GPU when the task was given one)."""
     import torch

@@ -54,8 +54,13 @@ class ExtractionActor:
 
         return os.getpid()
 
+    @ray.method(retry_exceptions=True)
     def process(self, plan: FeaturePlan, decoded) -> dict:
-        """Compute and write one unit; a retried call rewrites the same chunks (idempotent)."""
+        """Compute and write one unit; a retried call rewrites the same chunks (idempotent).
+
+        Exceptions are retried too (``max_task_retries`` of the actor), so a storage outage longer than the
+        S3 client's own retries costs a unit retry, not the run.
+        """
         result = compute_unit(self.extractor, plan, decoded, self.batch_size)
         self.fs.write_unit(plan, result)
         return {"unit": decoded.unit, "images": len(decoded.tensor), "skipped": len(decoded.skipped)}

@@ -11,5 +11,8 @@ that is not built yet is skipped with a logged message. Adding a stage is one li
 STAGES: dict[str, str] = {
     "extract": "jobs.extract",
     "decode": "jobs.decode",
-    # "meta": "jobs.meta", "map": "jobs.map", "similarity": "jobs.similarity", "report": "jobs.report",
+    "meta": "jobs.meta",
+    "map": "jobs.map",
+    "similarity": "jobs.similarity",
+    "report": "jobs.report",
 }

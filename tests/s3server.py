@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from cluster.local import free_ports  # one port finder for the tests and the dev cluster
 
 HOST = "127.0.0.1"
 ACCESS_KEY = "vsptestaccess"
@@ -59,20 +60,6 @@ def find_weed() -> str | None:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
     return None
-
-
-def free_ports(n: int) -> list[int]:
-    """N distinct free TCP ports on 127.0.0.1 (all held open together, so none repeats)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _load_libc() -> Any:

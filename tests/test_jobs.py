@@ -51,7 +51,10 @@ def test_registry_names_only_built_stages():
         assert callable(importlib.import_module(module).run)
 
 
-def test_vsp_run_no_ray_resumes_skips_unbuilt_stages_and_reports(tmp_path, world, caplog):
+def test_vsp_run_no_ray_resumes_skips_unbuilt_stages_and_reports(tmp_path, world, caplog, monkeypatch):
+    import jobs.runner
+
+    monkeypatch.delitem(jobs.runner.STAGES, "meta")  # as if the stage were not built yet
     cfg = write_config(
         tmp_path / "run.yaml", world, str(tmp_path / "store"), stages=("extract", "decode", "meta")
     )
@@ -74,6 +77,78 @@ def test_vsp_run_no_ray_resumes_skips_unbuilt_stages_and_reports(tmp_path, world
 
     status = runner.invoke(app, ["status", "--store", str(tmp_path / "store"), "--json"])
     assert status.exit_code == 0 and json.loads(status.stdout)["complete"] is True
+
+
+# --- the whole pipeline: extract, decode, meta, map, similarity, report ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world8(tmp_path_factory):
+    return generate_world(tmp_path_factory.mktemp("world8"), n_concepts=8, images_per_concept=1, seed=0)
+
+
+def write_full_config(path: Path, world, store: str, **sections) -> Path:
+    """Every stage (the default), light: random AlexNet, tiny meta-embeddings, kNN + ridge, 1 x 3-fold CV."""
+    from vsp.similarity_stage import world_pairs
+
+    pairs = world_pairs(world.spec_path, path.parent / "pairs.txt")
+    doc = {
+        "images": str(world.images_root),
+        "store": store,
+        "norms": {"path": str(world.norms_path), "min_concepts": 2},
+        "extract": {"models": ["alexnet"], "weights": "random", "unit_size": 4},
+        "decode": {"folds": 2},
+        "meta": {"text": str(world.text_vectors_path), "dim": 4, "k": 4, "onetoN_epochs": 20, "folds": 2},
+        "map": {"mappers": ["knn", "ridge"], "repeats": 1, "folds": 3},
+        "similarity": {"pairs": {"demo": str(pairs)}},
+        "report": {"explain_images": 0},
+        **sections,
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_whole_pipeline_no_ray_runs_every_stage_and_a_rerun_is_a_no_op(tmp_path, world8):
+    from jobs.runner import main
+
+    store = tmp_path / "store"
+    cfg = write_full_config(tmp_path / "run.yaml", world8, str(store))
+    assert load_run_config(cfg).stages == ("extract", "decode", "meta", "map", "similarity", "report")
+    res = runner.invoke(app, ["run", str(cfg), "--no-ray"])
+    assert res.exit_code == 0, res.output
+    status = runner.invoke(app, ["status", "--store", str(store)])
+    out = status.stdout
+    assert status.exit_code == 0 and "pipeline complete" in out, out
+    for line in ("extract    2/2 units", "decode     6/6 layers", "meta       14/14 embeddings",
+                 "map        14/14 units", "similarity 1/1 table", "report     1/1 report"):  # fmt: skip
+        assert line in out and re.search(re.escape(line) + r" done\s+complete", out), out
+    doc = read_run(open_store(store))
+    assert doc["status"] == "complete"
+    assert all(doc["stages"][s]["status"] == "done" for s in doc["config"]["stages"])
+    assert set(doc["identity"]) == {"extract", "decode", "meta", "map", "similarity", "report"}
+    first = doc["attempts"][0]["stage_counts"]
+    assert first["meta"]["embeddings_built"] == 7 and first["meta"]["decoded_run"] == 7
+    assert first["map"]["units_run"] == 14 and first["similarity"]["computed"] is True
+    assert (store / "report.html").is_file() and first["report"]["sections"]["table2"] == "ok"
+    for path in ("meta/decodability.txt", "mapping/table2.txt", "similarity/table3.txt"):
+        assert (store / path).is_file()
+
+    before = {p: p.stat().st_mtime_ns for p in (store / "mapping" / "units").rglob("*.parquet")}
+    again = runner.invoke(app, ["run", str(cfg), "--no-ray"])
+    assert again.exit_code == 0, again.output
+    counts = read_run(open_store(store))["attempts"][1]["stage_counts"]
+    assert counts["extract"]["units_run"] == 0 and counts["decode"]["layers_run"] == 0
+    assert counts["meta"]["embeddings_built"] == 0 and counts["meta"]["decoded_run"] == 0
+    assert counts["map"]["units_run"] == 0 and counts["similarity"]["computed"] is False
+    assert {p: p.stat().st_mtime_ns for p in (store / "mapping" / "units").rglob("*.parquet")} == before
+
+    # one stage's entry point (python -m jobs.map CONFIG) on the same prefix: nothing to do
+    assert main("map", [str(cfg), "--no-ray", "-q"]) == 0
+    assert read_run(open_store(store))["attempts"][2]["stage_counts"]["map"]["units_run"] == 0
+    # another mapping grid on the same prefix is refused before anything runs, naming the key
+    other = write_full_config(tmp_path / "other.yaml", world8, str(store), map={"folds": 4})
+    refused = runner.invoke(app, ["run", str(other), "--no-ray", "--stages", "map"])
+    assert refused.exit_code == 3 and "map.folds" in refused.output
 
 
 def test_vsp_run_refuses_another_configuration(tmp_path, world):
@@ -214,3 +289,16 @@ def test_vsp_submit_runs_the_demo_pipeline_on_the_local_cluster(local_cluster, t
     assert "holds a run with a different configuration" in logs2 and "extract.seed" in logs2
     assert runner.invoke(app, ["status", sid2, "--address", address]).exit_code == 1
     assert read_run(open_store(store))["status"] == "complete"  # the refused run changed nothing
+
+
+def test_whole_pipeline_on_embedded_ray(ray_local, tmp_path, world8):
+    """meta as one Ray task, map's units as Ray tasks; the same results as in-process."""
+    store = str(tmp_path / "store")
+    cfg = write_full_config(tmp_path / "run.yaml", world8, store)
+    res = runner.invoke(app, ["run", str(cfg)])
+    assert res.exit_code == 0, res.output
+    prog = store_progress(open_store(store))
+    assert prog["complete"], prog
+    assert prog["stages"]["meta"]["done"] == 14 and prog["stages"]["map"]["done"] == 14
+    counts = read_run(open_store(store))["attempts"][0]["stage_counts"]
+    assert counts["meta"]["embeddings_built"] == 7 and counts["map"]["units_run"] == 14

@@ -117,6 +117,23 @@ def test_defaults_and_layer_lists(tmp_path):
         ({"images": None}, "images: required when the extract stage runs"),
         ({"norms": None}, "norms: required when the decode stage runs"),
         ({"store": None}, "store: required"),
+        ({"stages": ["map"], "norms": None}, "norms: required when the map stage runs"),
+        ({"meta": {"kinds": ["pca"]}}, "meta.kinds: unknown kind 'pca'"),
+        ({"meta": {"dim": 0}}, "meta.dim: must be an integer >= 1, got 0"),
+        ({"meta": {"onetoN_epochs": "many"}}, "meta.onetoN_epochs: must be an integer"),
+        ({"meta": {"multimodal": "yes"}}, "meta.multimodal: must be true or false"),
+        ({"meta": {"glove": True}}, "meta.glove: unknown key"),
+        ({"map": {"mappers": "knn,svm"}}, "map.mappers: unknown mapper 'svm'"),
+        ({"map": {"folds": 1}}, "map.folds: must be an integer >= 2, got 1"),
+        ({"map": {"repeats": 0}}, "map.repeats: must be an integer >= 1, got 0"),
+        ({"map": {"mlp_lr": [0.001, "fast"]}}, "map.mlp_lr: must be a non-empty list of numbers"),
+        ({"map": {"mlp_epochs": [0]}}, "map.mlp_epochs: must be integers >= 1"),
+        ({"map": {"candidates": "train"}}, "map.candidates: must be one of all, test"),
+        ({"similarity": {"pairs": 3}}, "similarity.pairs: a path, a list of paths or a mapping"),
+        ({"similarity": {"men": ""}}, "similarity.men: must be a non-empty string"),
+        ({"report": {"out": "s3://b/r.html"}}, "report.out: must be a local path"),
+        ({"report": {"out": "report.pdf"}}, "report.out: must name an .html file"),
+        ({"report": {"explain_images": -1}}, "report.explain_images: must be an integer >= 0"),
     ],
 )
 def test_validation_errors_name_the_key(tmp_path, patch, message):
@@ -154,6 +171,103 @@ def test_identity_ignores_tuning_and_separates_stages(tmp_path):
     # decode does not read extract.*
     assert reseeded.stage_identity("decode") == base.stage_identity("decode")
     assert base.with_stages(["decode"]).identity().keys() == {"decode"}
+
+
+def test_later_stages_defaults_and_sections(tmp_path):
+    minimal = RunConfig.from_dict({"images": "i", "store": str(tmp_path / "st"), "norms": "n.dat"})
+    assert minimal.stages == (
+        "extract",
+        "decode",
+        "meta",
+        "map",
+        "similarity",
+        "report",
+    )  # the whole pipeline
+    assert minimal.meta.text is None and minimal.meta.kinds == ("penultimate", "svd", "1ton")
+    assert (minimal.map.mappers, minimal.map.repeats, minimal.map.folds) == (("knn", "ridge", "mlp"), 5, 10)
+    assert minimal.report.out == str(tmp_path / "st" / "report.html")  # beside the results on a local store
+    s3 = RunConfig.from_dict({"images": "i", "store": "s3://b/r", "norms": "n.dat"}, base_dir=tmp_path)
+    assert s3.report.out == str(tmp_path / "report.html")  # a local file next to the configuration
+    with pytest.raises(VspInputError, match="norms: required when the decode stage runs"):
+        RunConfig.from_dict({"images": "i", "store": "s"})
+    no_norms = RunConfig.from_dict({"store": "s", "stages": ["meta", "similarity", "report"]})
+    assert no_norms.stages == ("meta", "similarity", "report")
+
+    text = (
+        YAML
+        + """meta:
+  models: alexnet
+  kinds: [penultimate, svd]
+  dim: 16
+  k: 8
+  text: vectors.txt
+  onetoN_epochs: 50
+  threads: 2
+map:
+  mappers: knn,ridge
+  repeats: 1
+  folds: 3
+  mlp_epochs: 20
+  mlp_lr: [0.001, 0.01]
+  mlp_wd: "0,0.01"
+similarity:
+  pairs: [extra/demo.txt]
+report:
+  out: out/r.html
+  explain_images: 0
+"""
+    )
+    cfg = load_run_config(write(tmp_path, text))
+    mc = cfg.meta_config()
+    assert (mc.models, mc.kinds, mc.dim, mc.k, mc.onetoN_epochs) == (
+        ("alexnet",),
+        ("penultimate", "svd"),
+        16,
+        8,
+        50,
+    )
+    assert mc.text == str(tmp_path / "vectors.txt")
+    assert (
+        RunConfig.from_dict({"store": "s", "stages": ["meta"], "meta": {"text": "GloVe"}}).meta.text
+        == "glove"
+    )
+    mp = cfg.mapping_config()
+    assert (mp.mappers, mp.repeats, mp.folds, mp.mlp_epochs) == (("knn", "ridge"), 1, 3, (20,))
+    assert mp.mlp_lr == (0.001, 0.01) and mp.mlp_weight_decay == (0.0, 0.01)
+    assert cfg.similarity.benchmarks() == {"demo": str(tmp_path / "extra" / "demo.txt")}
+    assert cfg.report.out == str(tmp_path / "out" / "r.html") and cfg.report.explain_images == 0
+    assert RunConfig.from_dict(cfg.to_dict()) == RunConfig.from_dict(cfg.to_dict(), source="")  # round trip
+    assert RunConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
+def test_similarity_defaults_to_the_shared_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("VSP_SHARED_DATA", str(tmp_path / "empty"))
+    cfg = RunConfig.from_dict({"store": "s", "stages": ["similarity"]})
+    with pytest.raises(VspInputError, match="similarity.men / similarity.simlex / similarity.pairs"):
+        cfg.similarity.benchmarks()
+
+
+def test_later_stages_identities_leave_out_tuning(tmp_path):
+    base = RunConfig.from_dict({"images": "i", "store": "s", "norms": "n.dat"})
+    d = base.to_dict()
+
+    def changed(section: str, **kv) -> RunConfig:
+        return RunConfig.from_dict(d | {section: d[section] | kv})
+
+    assert changed("meta", threads=4).identity() == base.identity()
+    assert changed("report", device="cuda", out="elsewhere.html").identity() == base.identity()
+    assert (
+        changed("map", mappers=["knn"], embeddings=["alexnet/*"]).identity() == base.identity()
+    )  # selection
+    assert changed("meta", dim=10).stage_identity("meta") != base.stage_identity("meta")
+    assert changed("meta", dim=10).stage_identity("map") == base.stage_identity("map")
+    assert changed("map", folds=5).stage_identity("map") != base.stage_identity("map")
+    assert changed("map", folds=5).stage_identity("meta") == base.stage_identity("meta")
+    assert changed("similarity", men="m.txt").stage_identity("similarity") != base.stage_identity(
+        "similarity"
+    )
+    assert base.stage_identity("report") == {}  # rebuilt on every run: another report never conflicts
+    assert "extract" not in base.stage_identity("map") and "decode" not in base.stage_identity("meta")
 
 
 def test_env_round_trip(monkeypatch, tmp_path):

@@ -5,7 +5,7 @@ Example (``vsp run run.yaml``, ``vsp submit --address http://HEAD:8265 run.yaml`
     images: s3://my-bucket/photos/            # folder tree, s3:// prefix, or CSV/Parquet manifest
     store: s3://my-bucket/runs/r1             # where every stage writes (local folder or s3://)
     norms: s3://my-bucket/cslb/norms.dat      # or {path: ..., min_pf: 5, min_concepts: 5}
-    stages: [extract, decode]                 # default: every stage that exists, in pipeline order
+    stages: [extract, decode, meta, map, similarity, report]   # the default: the whole pipeline
     extract:
       models: [alexnet, vgg16, resnet34, densenet169]
       layers: all-conv                        # all-conv | paper | re:<regex> | [name, name, ...]
@@ -18,6 +18,18 @@ Example (``vsp run run.yaml``, ``vsp submit --address http://HEAD:8265 run.yaml`
       folds: 5
       seed: 0
       C: 1.0
+    meta:
+      kinds: [penultimate, svd, 1ton]
+      dim: 300
+      k: 300
+      text: glove                             # glove | path of a GloVe/word2vec text file | none
+    map:
+      mappers: [knn, ridge, mlp]
+      repeats: 5
+      folds: 10
+    similarity: {}                            # default: MEN and SimLex-999 under $VSP_SHARED_DATA
+    report:
+      out: report.html                        # default: <store>/report.html for a local store
 
 Relative local paths are resolved against the folder of the configuration file. Every error names the key at
 fault (``extract.unit_size: must be an integer >= 1, got 0``). ``identity()`` is what decides each stage's
@@ -38,7 +50,8 @@ from vsp.errors import VspInputError
 
 # Every stage of the pipeline, in the order it runs. `jobs/` says which of them are built so far.
 STAGE_ORDER = ("extract", "decode", "meta", "map", "similarity", "report")
-DEFAULT_STAGES = ("extract", "decode")
+DEFAULT_STAGES = STAGE_ORDER  # the whole pipeline; decode and map need the norms section
+NEEDS_NORMS = ("decode", "map")
 LAYER_SELECTIONS = ("all-conv", "paper")
 WEIGHTS_NAMED = ("imagenet", "random")
 
@@ -118,6 +131,35 @@ class _Section:
             raise VspInputError(f"{self.key(key)}: must be one of {', '.join(choices)}; got {value!r}")
         return value
 
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise VspInputError(f"{self.key(key)}: must be true or false, got {value!r}")
+        return value
+
+    def numbers(self, key: str, kind: type) -> tuple | None:
+        """A list of numbers (or one number, or 'a,b,c'); None when absent."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                value = [kind(v.strip()) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise VspInputError(f"{self.key(key)}: must be a list of numbers, got {value!r}") from None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]
+        ok = (int,) if kind is int else (int, float)
+        if (
+            not isinstance(value, list)
+            or not value
+            or any(isinstance(v, bool) or not isinstance(v, ok) for v in value)
+        ):
+            raise VspInputError(f"{self.key(key)}: must be a non-empty list of numbers, got {value!r}")
+        if kind is int and any(v < 1 for v in value):
+            raise VspInputError(f"{self.key(key)}: must be integers >= 1, got {value!r}")
+        return tuple(kind(v) for v in value)
+
     def names(self, key: str, default: tuple[str, ...] | None) -> tuple[str, ...] | None:
         """A list of names, or one comma-separated string."""
         value = self.data.get(key)
@@ -172,7 +214,89 @@ class DecodeSpec:
     layers_per_task: int = 4  # how, not what: not part of the identity
 
 
-_NOT_IDENTITY = {"extract": ("batch_size", "actors"), "decode": ("layers_per_task",)}
+@dataclass(frozen=True)
+class MetaSpec:
+    """Meta-embeddings (`vsp meta`): which image embeddings, their sizes, the text vectors; decodability."""
+
+    models: tuple[str, ...] | None = None  # default: every network in the feature store
+    kinds: tuple[str, ...] = ("penultimate", "svd", "1ton")
+    dim: int = 300
+    k: int = 300
+    seed: int = 0
+    text: str | None = None  # "glove" | a GloVe/word2vec text file | None ("none" in the file)
+    multimodal: bool = True
+    onetoN_epochs: int = 2000  # noqa: N815 - mirrors vsp.embeddings.MetaConfig
+    folds: int = 5  # decodability (with norms): stratified folds per property
+    C: float = 1.0  # decodability: inverse L2 strength
+    threads: int | None = None  # torch CPU threads; how, not what: not part of the identity
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """Zero-shot mapping (`vsp map`): embeddings and mappers, the repeated k-fold CV and the grids."""
+
+    embeddings: tuple[str, ...] | None = None  # names or fnmatch patterns; default: all
+    mappers: tuple[str, ...] = ("knn", "ridge", "mlp")
+    repeats: int = 5
+    folds: int = 10
+    seed: int = 0
+    candidates: str = "all"
+    inner_folds: int = 5
+    mlp_epochs: tuple[int, ...] | None = None
+    mlp_lr: tuple[float, ...] | None = None
+    mlp_wd: tuple[float, ...] | None = None
+    ridge_alphas: tuple[float, ...] | None = None
+    folds_per_task: int = 0  # 0: 1 for the MLP, a repeat otherwise
+
+
+@dataclass(frozen=True)
+class SimilaritySpec:
+    """Word similarity (`vsp similarity`): benchmark files (default: the shared data's MEN, SimLex-999)."""
+
+    men: str | None = None
+    simlex: str | None = None
+    pairs: dict[str, str] | None = None  # name -> file of 'word1 word2 score' lines
+    embeddings: tuple[str, ...] | None = None
+
+    def benchmarks(self) -> dict[str, str]:
+        """Name -> path; the shared data's MEN / SimLex-999 when none is configured."""
+        out: dict[str, str] = {}
+        if self.men:
+            out["MEN"] = self.men
+        if self.simlex:
+            out["SimLex-999"] = self.simlex
+        out.update(self.pairs or {})
+        if not out:
+            from vsp.similarity_stage import default_benchmarks
+
+            out = {k: str(v) for k, v in default_benchmarks().items()}
+        if not out:
+            raise VspInputError(
+                "similarity: no benchmark files: set similarity.men / similarity.simlex / similarity.pairs, "
+                "or VSP_SHARED_DATA (MEN and SimLex-999 under it)"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """The HTML report (`vsp report`): where it goes (a local path) and its explanations."""
+
+    out: str | None = None  # default: <store>/report.html (local store), else report.html by the config
+    explain_images: int = 3
+    model: str | None = None
+    layers: str | None = None
+    top: int = 8
+    device: str = "cpu"  # how, not what: not part of the identity
+
+
+_NOT_IDENTITY = {
+    "extract": ("batch_size", "actors"),
+    "decode": ("layers_per_task",),
+    "meta": ("threads",),
+    "map": ("embeddings", "mappers"),  # select work (as in the stage's own manifest): a rerun may add some
+    "report": ("device", "out"),
+}
 
 
 @dataclass(frozen=True)
@@ -185,6 +309,10 @@ class RunConfig:
     stages: tuple[str, ...] = DEFAULT_STAGES
     extract: ExtractSpec = field(default_factory=ExtractSpec)
     decode: DecodeSpec = field(default_factory=DecodeSpec)
+    meta: MetaSpec = field(default_factory=MetaSpec)
+    map: MapSpec = field(default_factory=MapSpec)
+    similarity: SimilaritySpec = field(default_factory=SimilaritySpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
     source: str = ""  # where the configuration came from (file path, or "<env VSP_RUN_CONFIG>")
 
     # -- parsing ---------------------------------------------------------------------------------------------
@@ -194,7 +322,7 @@ class RunConfig:
     ) -> RunConfig:
         """Validate a parsed document; relative local paths resolve against ``base_dir``."""
         base = Path(base_dir).resolve() if base_dir is not None else None
-        top = _Section(data, "", ("store", "images", "norms", "stages", "extract", "decode"))
+        top = _Section(data, "", ("store", "images", "norms", "stages", *STAGE_ORDER))
         store = _resolve(top.text("store", required=True), base)  # type: ignore[arg-type]
 
         stages = top.names("stages", DEFAULT_STAGES) or DEFAULT_STAGES
@@ -221,8 +349,11 @@ class RunConfig:
                 min_pf=ns.number("min_pf", 5),
                 min_concepts=ns.integer("min_concepts", 5, minimum=1),
             )
-        if "decode" in stages and norms is None:
-            raise VspInputError("norms: required when the decode stage runs (path or URI of CSLB norms.dat)")
+        for stage in NEEDS_NORMS:
+            if stage in stages and norms is None:
+                raise VspInputError(
+                    f"norms: required when the {stage} stage runs (path or URI of CSLB norms.dat)"
+                )
 
         ex = _Section(
             top.data.get("extract"), "extract",
@@ -268,7 +399,8 @@ class RunConfig:
             layers_per_task=de.integer("layers_per_task", 4, minimum=1),
         )
         return cls(store=store, images=images, norms=norms, stages=stages, extract=extract, decode=decode,
-                   source=source)  # fmt: skip
+                   meta=_meta(top, base), map=_map(top), similarity=_similarity(top, base),
+                   report=_report(top, base, store), source=source)  # fmt: skip
 
     # -- views -----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -299,7 +431,13 @@ class RunConfig:
             return {"images": d["images"], "norms": d["norms"] if restrict else None, "extract": d["extract"]}
         if stage == "decode":
             return {"norms": d["norms"], "decode": d["decode"]}
-        return {k: v for k, v in d.items() if k not in ("store", "stages")}  # a later stage: everything
+        if stage == "report":  # rebuilt on every run from what the store holds: binds nothing
+            return {}
+        if stage in ("meta", "map"):
+            return {"norms": d["norms"], stage: d[stage]}
+        if stage == "similarity":
+            return {"similarity": d["similarity"]}
+        return {k: v for k, v in d.items() if k not in ("store", "stages")}
 
     def identity(self) -> dict[str, dict[str, Any]]:
         """Per stage this run runs: what decides its results (see :meth:`stage_identity`)."""
@@ -328,11 +466,168 @@ class RunConfig:
         except VspInputError as exc:
             raise VspInputError(f"decode: {exc}") from exc
 
+    def meta_config(self):  # -> vsp.embeddings.MetaConfig
+        """The meta stage's own config (its resumability key, with the features and the text vectors)."""
+        from vsp.embeddings import MetaConfig
+
+        m = self.meta
+        try:
+            return MetaConfig(
+                models=m.models, kinds=m.kinds, dim=m.dim, k=m.k, seed=m.seed, text=m.text,
+                multimodal=m.multimodal, onetoN_epochs=m.onetoN_epochs,
+            )  # fmt: skip
+        except VspInputError as exc:
+            raise VspInputError(f"meta: {exc}") from exc
+
+    def meta_decode_config(self):  # -> vsp.decode_stage.DecodeConfig
+        """The decodability step of the meta stage (folds, seed, C as `vsp meta`)."""
+        from vsp.decode_stage import DecodeConfig
+
+        return DecodeConfig(folds=self.meta.folds, seed=self.meta.seed, C=self.meta.C)
+
+    def mapping_config(self):  # -> vsp.mapping_stage.MappingConfig
+        """The map stage's own config (its resumability key, with the norms and the embeddings)."""
+        from vsp.mapping_stage import MappingConfig
+
+        m = self.map
+        try:
+            return MappingConfig(
+                embeddings=m.embeddings, mappers=m.mappers, repeats=m.repeats, folds=m.folds, seed=m.seed,
+                candidates=m.candidates, inner_folds=m.inner_folds, mlp_epochs=m.mlp_epochs, mlp_lr=m.mlp_lr,
+                mlp_weight_decay=m.mlp_wd, ridge_alphas=m.ridge_alphas, folds_per_task=m.folds_per_task,
+            )  # fmt: skip
+        except VspInputError as exc:
+            raise VspInputError(f"map: {exc}") from exc
+
     def with_stages(self, stages: tuple[str, ...] | list[str]) -> RunConfig:
         """The same run restricted to some stages (e.g. ``python -m jobs.extract`` runs only extraction)."""
         data = self.to_dict()
         data["stages"] = list(stages)
         return RunConfig.from_dict(data, source=self.source)
+
+
+def _meta(top: _Section, base: Path | None) -> MetaSpec:
+    me = _Section(
+        top.data.get("meta"), "meta",
+        ("models", "kinds", "dim", "k", "seed", "text", "multimodal", "onetoN_epochs", "folds", "C",
+         "threads"),
+    )  # fmt: skip
+    kinds = me.names("kinds", MetaSpec.kinds)
+    bad = [k for k in kinds or () if k not in MetaSpec.kinds]
+    if bad:
+        raise VspInputError(f"meta.kinds: unknown kind {bad[0]!r}; kinds are {', '.join(MetaSpec.kinds)}")
+    text = me.text("text", "none")
+    if text.lower() == "none":  # type: ignore[union-attr]
+        text = None
+    elif text.lower() != "glove":  # type: ignore[union-attr]
+        text = _resolve(text, base)  # type: ignore[arg-type]
+    return MetaSpec(
+        models=me.names("models", None),
+        kinds=kinds,  # type: ignore[arg-type]
+        dim=me.integer("dim", 300, minimum=1),
+        k=me.integer("k", 300, minimum=1),
+        seed=me.integer("seed", 0),
+        text=text.lower() if text and text.lower() == "glove" else text,
+        multimodal=me.flag("multimodal", True),
+        onetoN_epochs=me.integer("onetoN_epochs", 2000, minimum=1),
+        folds=me.integer("folds", 5, minimum=2),
+        C=me.number("C", 1.0, positive=True),
+        threads=me.opt_int("threads", minimum=1),
+    )
+
+
+def _map(top: _Section) -> MapSpec:
+    from vsp.mapping import MAPPERS
+
+    mp = _Section(
+        top.data.get("map"), "map",
+        ("embeddings", "mappers", "repeats", "folds", "seed", "candidates", "inner_folds", "mlp_epochs",
+         "mlp_lr", "mlp_wd", "ridge_alphas", "folds_per_task"),
+    )  # fmt: skip
+    mappers = mp.names("mappers", MapSpec.mappers)
+    bad = [m for m in mappers or () if m not in MAPPERS]
+    if bad:
+        raise VspInputError(f"map.mappers: unknown mapper {bad[0]!r}; mappers are {', '.join(MAPPERS)}")
+    for key in ("mlp_lr", "ridge_alphas"):
+        vals = mp.numbers(key, float)
+        if vals and any(v <= 0 for v in vals):
+            raise VspInputError(f"map.{key}: must be numbers > 0, got {list(vals)}")
+    wd = mp.numbers("mlp_wd", float)
+    if wd and any(v < 0 for v in wd):
+        raise VspInputError(f"map.mlp_wd: must be numbers >= 0, got {list(wd)}")
+    return MapSpec(
+        embeddings=mp.names("embeddings", None),
+        mappers=mappers,  # type: ignore[arg-type]
+        repeats=mp.integer("repeats", 5, minimum=1),
+        folds=mp.integer("folds", 10, minimum=2),
+        seed=mp.integer("seed", 0),
+        candidates=mp.choice("candidates", "all", ("all", "test")),
+        inner_folds=mp.integer("inner_folds", 5, minimum=2),
+        mlp_epochs=mp.numbers("mlp_epochs", int),
+        mlp_lr=mp.numbers("mlp_lr", float),
+        mlp_wd=wd,
+        ridge_alphas=mp.numbers("ridge_alphas", float),
+        folds_per_task=mp.integer("folds_per_task", 0, minimum=0),
+    )
+
+
+def _similarity(top: _Section, base: Path | None) -> SimilaritySpec:
+    si = _Section(top.data.get("similarity"), "similarity", ("men", "simlex", "pairs", "embeddings"))
+    men, simlex = si.text("men"), si.text("simlex")
+    raw = si.data.get("pairs")
+    pairs: dict[str, str] | None = None
+    if raw is not None:
+        if isinstance(raw, str):
+            raw = [raw]
+        if isinstance(raw, list) and all(isinstance(p, str) and p.strip() for p in raw):
+            raw = {Path(p).stem: p for p in raw}
+        if (
+            not isinstance(raw, dict)
+            or not raw
+            or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in raw.items())
+        ):
+            raise VspInputError(
+                f"similarity.pairs: a path, a list of paths or a mapping name -> path; got {raw!r}"
+            )
+        pairs = {str(k): _resolve(v.strip(), base) for k, v in raw.items()}
+    return SimilaritySpec(
+        men=_resolve(men, base) if men else None,
+        simlex=_resolve(simlex, base) if simlex else None,
+        pairs=pairs,
+        embeddings=si.names("embeddings", None),
+    )
+
+
+def _report(top: _Section, base: Path | None, store: str) -> ReportSpec:
+    re_ = _Section(
+        top.data.get("report"), "report", ("out", "explain_images", "model", "layers", "top", "device")
+    )
+    out = re_.text("out")
+    if out is not None:
+        if _is_uri(out):
+            raise VspInputError(f"report.out: must be a local path (the report is a file), got {out!r}")
+        out = _resolve(out, base)
+    if out is None:  # beside the results on a local store; next to the configuration for an s3:// one
+        out = (
+            str(Path(store) / "report.html")
+            if not _is_uri(store)
+            else str((base or Path.cwd()) / "report.html")
+        )
+    if Path(out).suffix.lower() not in (".html", ".htm"):
+        raise VspInputError(f"report.out: must name an .html file, got {out!r}")
+    layers = re_.data.get("layers")
+    if isinstance(layers, list):
+        layers = ",".join(str(x) for x in layers)
+    elif layers is not None and not isinstance(layers, str | int):
+        raise VspInputError(f"report.layers: conv indices or names, got {layers!r}")
+    return ReportSpec(
+        out=out,
+        explain_images=re_.integer("explain_images", 3, minimum=0),
+        model=re_.text("model"),
+        layers=str(layers) if layers is not None else None,
+        top=re_.integer("top", 8, minimum=1),
+        device=re_.choice("device", "cpu", ("cpu", "cuda")),
+    )
 
 
 def parse_text(text: str, fmt: str, source: str) -> Any:

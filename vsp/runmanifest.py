@@ -258,10 +258,71 @@ def _decode_progress(store: Store) -> dict[str, Any] | None:
     return {"what": "layers", "done": done, "total": len(layers), "complete": done == len(layers) and figures}
 
 
+def _meta_progress(store: Store) -> dict[str, Any] | None:
+    """Embeddings built (markers) of the planned ones; with a decodability run, its markers count too."""
+    from vsp.embeddings import DECODABILITY, DECODE_MANIFEST, MANIFEST, decode_marker_path, marker_path
+
+    if not store.exists(MANIFEST):
+        return None
+    plan = [e["name"] for e in store.read_json(MANIFEST).get("plan", [])]
+    done = sum(store.exists(marker_path(n)) for n in plan)
+    total = len(plan)
+    complete = done == total
+    if store.exists(DECODE_MANIFEST):  # decodability of every embedding: a second unit per embedding
+        done += sum(store.exists(decode_marker_path(n)) for n in plan)
+        total += len(plan)
+        complete = done == total and store.exists(DECODABILITY)
+    return {"what": "embeddings", "done": done, "total": total, "complete": complete}
+
+
+def _map_progress(store: Store) -> dict[str, Any] | None:
+    """Mapping units (markers) of the grid: mapped embeddings x mappers x repeats x fold chunks."""
+    from vsp.mapping import MAPPERS
+    from vsp.mapping_stage import MANIFEST, ROOT, TABLE2
+
+    if not store.exists(MANIFEST):
+        return None
+    man = store.read_json(MANIFEST)
+    cfg = man["identity"]["config"]
+    run = read_run(store) or {}
+    mappers = (run.get("config", {}).get("map") or {}).get("mappers") or list(MAPPERS)  # not in the identity
+    per_embedding = 0
+    for m in mappers:
+        step = (
+            min(cfg["folds_per_task"], cfg["folds"])
+            if cfg["folds_per_task"]
+            else (1 if m == "mlp" else cfg["folds"])
+        )
+        per_embedding += cfg["repeats"] * -(-cfg["folds"] // step)
+    total = per_embedding * len(man.get("embeddings", {}))
+    done = min(sum(k.endswith(".json") for k in store.list(f"{ROOT}/done")), total)
+    return {"what": "units", "done": done, "total": total, "complete": done == total and store.exists(TABLE2)}
+
+
+def _similarity_progress(store: Store) -> dict[str, Any] | None:
+    from vsp.similarity_stage import MANIFEST, TABLE3
+
+    if not store.exists(MANIFEST):
+        return None
+    done = int(store.exists(TABLE3))
+    return {"what": "table", "done": done, "total": 1, "complete": bool(done)}
+
+
+def _report_progress(store: Store) -> dict[str, Any] | None:
+    marker = "report/done.json"  # jobs.report.MARKER: written after the report
+    if not store.exists(marker):
+        return None
+    return {"what": "report", "done": 1, "total": 1, "complete": True}
+
+
 # Per stage: how to count its finished units from its own markers. Adding a stage's report is one line.
 PROGRESS: dict[str, Callable[[Store], dict[str, Any] | None]] = {
     "extract": _extract_progress,
     "decode": _decode_progress,
+    "meta": _meta_progress,
+    "map": _map_progress,
+    "similarity": _similarity_progress,
+    "report": _report_progress,
 }
 
 
@@ -286,7 +347,8 @@ def store_progress(store: Store) -> dict[str, Any]:
             for k in ("status", "started", "finished", "error", "git_commit", "weights_identity")
         } | {"attempts": len(run.get("attempts", []))}
     wanted = (run or {}).get("config", {}).get("stages") or list(stages)
-    out["complete"] = bool(stages) and all(stages.get(s, {}).get("complete") for s in wanted if s in PROGRESS)
+    counted = [s for s in wanted if s in PROGRESS and recorded.get(s, {}).get("status") != "skipped"]
+    out["complete"] = bool(stages) and all(stages.get(s, {}).get("complete") for s in counted)
     return out
 
 

@@ -60,18 +60,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vsp.errors import VspInputError
+from vsp.norms import CSLB_COLUMNS
 
 log = logging.getLogger(__name__)
 
-CSLB_HEADER = (
-    "domain",
-    "feature type",
-    "concept",
-    "feature",
-    "pf",
-    "feature alternatives",
-    "participant list",
-)
+CSLB_HEADER = CSLB_COLUMNS  # the real file's header, column for column
 N_PARTICIPANTS = 30
 TEXT_DIM = 50
 
