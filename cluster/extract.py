@@ -50,6 +50,7 @@ class ExtractionActor:
         self.batch_size = batch_size
 
     def pid(self) -> int:
+        """The actor process id (tests kill it to prove restarts)."""
         import os
 
         return os.getpid()
@@ -92,7 +93,9 @@ def run_extraction_ray(
     fs.create(plan)
     pending = fs.pending_units(plan)
     if not pending:
-        return ExtractionSummary(store.uri, len(plan.units), 0, len(plan.units), 0, time.perf_counter() - t0, 0)
+        return ExtractionSummary(
+            store.uri, len(plan.units), 0, len(plan.units), 0, time.perf_counter() - t0, 0
+        )
 
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
@@ -132,6 +135,11 @@ def run_extraction_ray(
     for actor in actors:
         ray.kill(actor)
     return ExtractionSummary(
-        store.uri, len(plan.units), len(pending), len(plan.units) - len(pending), n_img,
-        time.perf_counter() - t0, n_skip,
+        store.uri,
+        len(plan.units),
+        len(pending),
+        len(plan.units) - len(pending),
+        n_img,
+        time.perf_counter() - t0,
+        n_skip,
     )

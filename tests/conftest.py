@@ -19,7 +19,10 @@ def shared_data() -> Path:
     """The folder of real third-party data (CSLB, MEN, SimLex-999, McRae); skip when absent."""
     root = _shared_data_dir()
     if not (root / "cslb" / "norms.dat").is_file():
-        pytest.skip(f"third-party data not found at {root} (set VSP_SHARED_DATA to the folder holding cslb/, men/, ...)")
+        pytest.skip(
+            f"third-party data not found at {root} "
+            "(set VSP_SHARED_DATA to the folder holding cslb/, men/, ...)"
+        )
     return root
 
 

@@ -29,14 +29,18 @@ def reference(tmp_path_factory, records):
 def assert_same(a: FeatureStore, b: FeatureStore) -> None:
     for layer in b.layers():
         np.testing.assert_array_equal(a.read(layer.model, layer.name), b.read(layer.model, layer.name))
-        np.testing.assert_array_equal(a.read_images(layer.model, layer.name)[0], b.read_images(layer.model, layer.name)[0])
+        np.testing.assert_array_equal(
+            a.read_images(layer.model, layer.name)[0], b.read_images(layer.model, layer.name)[0]
+        )
 
 
 def test_ray_pool_equals_local_and_resumes(ray_local, tmp_path, records, reference):
     from cluster.extract import run_extraction_ray
 
     seen = []
-    summary = run_extraction_ray(str(tmp_path), records, CONFIG, progress=lambda d, t, i: seen.append((d, t, i)))
+    summary = run_extraction_ray(
+        str(tmp_path), records, CONFIG, progress=lambda d, t, i: seen.append((d, t, i))
+    )
     assert summary.units_run == 3 and seen[-1] == (3, 3, 12)
     assert_same(FeatureStore(open_store(tmp_path)), reference)
     again = run_extraction_ray(str(tmp_path), records, CONFIG)
@@ -44,9 +48,9 @@ def test_ray_pool_equals_local_and_resumes(ray_local, tmp_path, records, referen
 
 
 def test_kill_9_actor_mid_run_still_completes_identically(ray_local, tmp_path, records, reference):
-    from cluster.extract import run_extraction_ray
-
     import ray
+
+    from cluster.extract import run_extraction_ray
 
     pids: list[int] = []
     killed: list[int] = []
@@ -59,7 +63,9 @@ def test_kill_9_actor_mid_run_still_completes_identically(ray_local, tmp_path, r
             os.kill(pids[0], signal.SIGKILL)  # the actor holds the next units in its queue
             killed.append(pids[0])
 
-    summary = run_extraction_ray(str(tmp_path), records, CONFIG, n_actors=1, progress=progress, on_actors=on_actors)
+    summary = run_extraction_ray(
+        str(tmp_path), records, CONFIG, n_actors=1, progress=progress, on_actors=on_actors
+    )
     assert killed and summary.units_run == 3
     fs = FeatureStore(open_store(tmp_path))
     assert fs.complete()

@@ -41,8 +41,19 @@ def test_decode_writes_rows_figures_and_resumes(tmp_path, world, features_dir):
     table = read_results(store, layers).to_pandas()
     kept = table["property"].nunique()
     assert len(table) == 6 * kept * 3
-    assert {"model", "layer", "layer_index", "property", "feature_class", "fine_grained", "fold", "f1",
-            "precision", "recall", "n_pos_test"} <= set(table.columns)
+    assert {
+        "model",
+        "layer",
+        "layer_index",
+        "property",
+        "feature_class",
+        "fine_grained",
+        "fold",
+        "f1",
+        "precision",
+        "recall",
+        "n_pos_test",
+    } <= set(table.columns)
     assert table["f1"].between(0, 1).all()
     for name in ("decode/summary.parquet", "decode/figure1.png", "decode/figure2.png"):
         assert store.exists(name)
@@ -73,7 +84,9 @@ def test_decode_without_features_is_a_clear_error(tmp_path, world):
 def test_unknown_model_named(tmp_path, world, features_dir):
     store = copy_store(features_dir, tmp_path / "s")
     with pytest.raises(VspInputError, match="vgg16"):
-        run_decode_local(store, load_cslb(world.norms_path, min_concepts=3), DecodeConfig(folds=3, models=("vgg16",)))
+        run_decode_local(
+            store, load_cslb(world.norms_path, min_concepts=3), DecodeConfig(folds=3, models=("vgg16",))
+        )
 
 
 def test_ray_grid_equals_local(ray_local, tmp_path, world, features_dir):

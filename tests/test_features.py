@@ -69,7 +69,9 @@ def test_unit_rows_are_mean_then_l2_and_images_padded(tmp_path):
         x = per_image["net/conv1"]
         for j in set(owner):
             mean = x[np.array(owner) == j].mean(0)
-            np.testing.assert_allclose(fs.read("net", "conv1")[start + j], mean / np.linalg.norm(mean), rtol=1e-6)
+            np.testing.assert_allclose(
+                fs.read("net", "conv1")[start + j], mean / np.linalg.norm(mean), rtol=1e-6
+            )
     assert fs.complete()
     assert fs.pending_units(plan) == []
     rows = fs.read("net", "penultimate")

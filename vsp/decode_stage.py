@@ -68,7 +68,9 @@ def norms_identity(norms: Norms) -> str:
     return h.hexdigest()
 
 
-def prepare(features: FeatureStore, norms: Norms, config: DecodeConfig) -> tuple[DecodeTask, list[LayerInfo], dict]:
+def prepare(
+    features: FeatureStore, norms: Norms, config: DecodeConfig
+) -> tuple[DecodeTask, list[LayerInfo], dict]:
     """Align feature concepts with the norms and drop properties too rare for stratified folds."""
     concepts = features.concepts()
     index = {c: i for i, c in enumerate(norms.concepts)}
@@ -83,13 +85,25 @@ def prepare(features: FeatureStore, norms: Norms, config: DecodeConfig) -> tuple
     keep = np.flatnonzero((pos >= config.folds) & (pos <= len(rows) - config.folds))
     dropped = [norms.properties[j] for j in range(labels.shape[1]) if j not in set(keep.tolist())]
     if dropped:
-        log.warning("%d properties have fewer than %d positives (or negatives) among the %d shared concepts "
-                    "and are not decoded: %s", len(dropped), config.folds, len(rows), ", ".join(dropped[:10]))
+        log.warning(
+            "%d properties have fewer than %d positives (or negatives) among the %d shared concepts "
+            "and are not decoded: %s",
+            len(dropped),
+            config.folds,
+            len(rows),
+            ", ".join(dropped[:10]),
+        )
     if len(keep) == 0:
-        raise VspInputError(f"no property of {norms.source} has >= {config.folds} positives among the features' concepts")
+        raise VspInputError(
+            f"no property of {norms.source} has >= {config.folds} positives among the features' concepts"
+        )
     task = DecodeTask(
-        config, np.asarray(rows), labels[:, keep].astype(np.uint8), [norms.properties[j] for j in keep],
-        [norms.feature_class[j] for j in keep], [norms.fine_grained[j] for j in keep],
+        config,
+        np.asarray(rows),
+        labels[:, keep].astype(np.uint8),
+        [norms.properties[j] for j in keep],
+        [norms.feature_class[j] for j in keep],
+        [norms.fine_grained[j] for j in keep],
     )
     layers = [x for x in features.layers() if config.models is None or x.model in config.models]
     if config.models is not None:
@@ -110,10 +124,12 @@ def prepare(features: FeatureStore, norms: Norms, config: DecodeConfig) -> tuple
 
 
 def result_path(layer: LayerInfo) -> str:
+    """Where a layer's Parquet rows live."""
     return f"{ROOT}/results/{layer.model}/{layer.name}.parquet"
 
 
 def marker_path(layer: LayerInfo) -> str:
+    """Where a layer's done-marker lives (written after its Parquet)."""
     return f"{ROOT}/done/{layer.model}/{layer.name}.json"
 
 
@@ -128,7 +144,9 @@ def open_run(store: Store, identity: dict) -> None:
                 "use another --store prefix or delete its decode/ folder"
             )
         return
-    store.write_json(MANIFEST, {"identity": identity, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    store.write_json(
+        MANIFEST, {"identity": identity, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    )
 
 
 def pending(store: Store, layers: Sequence[LayerInfo]) -> list[LayerInfo]:
@@ -137,7 +155,7 @@ def pending(store: Store, layers: Sequence[LayerInfo]) -> list[LayerInfo]:
 
 
 def decode_unit(store: Store, task: DecodeTask, layer: LayerInfo, device: str = "cpu") -> int:
-    """Fit every (property, fold) probe of one layer, write its Parquet, then its marker; returns the fit count."""
+    """Fit every (property, fold) probe of one layer, write its Parquet, then its marker; returns fits."""
     import torch
 
     from vsp.decode import decode_layer
@@ -146,14 +164,26 @@ def decode_unit(store: Store, task: DecodeTask, layer: LayerInfo, device: str = 
     if not np.isfinite(X).all():
         raise VspInputError(f"{store.uri}: layer {layer.path} has missing rows; finish `vsp extract` first")
     table: pa.Table = decode_layer(
-        X, task.labels, model=layer.model, layer=layer.name, layer_index=layer.index,
-        properties=task.properties, feature_class=task.feature_class, fine_grained=task.fine_grained,
-        folds=task.config.folds, seed=task.config.seed, C=task.config.C,
-        dtype=getattr(torch, task.config.dtype), device=device,
+        X,
+        task.labels,
+        model=layer.model,
+        layer=layer.name,
+        layer_index=layer.index,
+        properties=task.properties,
+        feature_class=task.feature_class,
+        fine_grained=task.fine_grained,
+        folds=task.config.folds,
+        seed=task.config.seed,
+        C=task.config.C,
+        dtype=getattr(torch, task.config.dtype),
+        device=device,
     )
     table = table.append_column("layer_kind", pa.array([layer.kind] * table.num_rows))
     store.write_parquet(result_path(layer), table)
-    store.write_json(marker_path(layer), {"rows": table.num_rows, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    store.write_json(
+        marker_path(layer),
+        {"rows": table.num_rows, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    )
     return table.num_rows
 
 
@@ -164,6 +194,8 @@ def read_results(store: Store, layers: Sequence[LayerInfo]) -> pa.Table:
 
 @dataclass
 class DecodeSummary:
+    """The closing line of the decoding stage."""
+
     store: str
     units_total: int
     units_run: int
@@ -172,17 +204,19 @@ class DecodeSummary:
     outputs: list[str]
 
     def line(self) -> str:
+        """One line for the terminal and the job log."""
         if self.units_run == 0:
             return f"decode: nothing to do, all {self.units_total} layers already decoded in {self.store}"
         rate = self.fits / self.seconds if self.seconds > 0 else 0.0
         return (
-            f"decode: {self.units_run} layers ({self.fits} fits, {rate:.0f} fits/s) written to {self.store}/{ROOT}; "
+            f"decode: {self.units_run} layers ({self.fits} fits, {rate:.0f} fits/s) "
+            f"written to {self.store}/{ROOT}; "
             f"{self.units_total - self.units_run} already done"
         )
 
 
 def finish(store: Store, layers: Sequence[LayerInfo]) -> list[str]:
-    """Aggregate all units into the summary tables and Figures 1-2 (rewritten from the unit files each time)."""
+    """Aggregate all units into the summary table and Figures 1-2 (rebuilt from the unit files each time)."""
     import io
 
     from vsp.decode import aggregate, plot_figure1, plot_figure2
@@ -204,7 +238,10 @@ def finish(store: Store, layers: Sequence[LayerInfo]) -> list[str]:
 
 
 def run_decode_local(
-    store: Store, norms: Norms, config: DecodeConfig, device: str = "cpu",
+    store: Store,
+    norms: Norms,
+    config: DecodeConfig,
+    device: str = "cpu",
     progress: Callable[[int, int, int], None] | None = None,
 ) -> DecodeSummary:
     """Decode every pending layer in this process (no Ray); the reference for the Ray fan-out."""
@@ -222,7 +259,7 @@ def run_decode_local(
 
 
 def summary_table(store: Store) -> str:
-    """A text table of mean F1 x 100 per feature class: each network's penultimate layer and its best layer."""
+    """Mean F1 x 100 per feature class as text: each network's penultimate layer and its best layer."""
     import pandas as pd
 
     from vsp.norms import FEATURE_CLASSES
@@ -241,6 +278,14 @@ def summary_table(store: Store) -> str:
             name = pick["layer"].iloc[0]
             sel = df[(df["layer"] == name) & (df["grouping"].isin(["feature_class", "overall"]))]
             vals = dict(zip(sel["group"], sel["f1"] * 100, strict=True))
-            rows.append({"model": model, "row": f"{label} ({name})", **{c: vals.get(c) for c in (*FEATURE_CLASSES, "overall")}})
+            rows.append(
+                {
+                    "model": model,
+                    "row": f"{label} ({name})",
+                    **{c: vals.get(c) for c in (*FEATURE_CLASSES, "overall")},
+                }
+            )
     table = pd.DataFrame(rows)
-    return "mean F1 x 100 by feature class\n" + table.to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep="-")
+    return "mean F1 x 100 by feature class\n" + table.to_string(
+        index=False, float_format=lambda v: f"{v:.1f}", na_rep="-"
+    )

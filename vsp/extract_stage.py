@@ -1,4 +1,4 @@
-"""The extraction stage without Ray: plan units, decode a unit's images, compute and write a unit, run locally.
+"""The extraction stage without Ray: plan units, decode a unit's images, compute and write it, run locally.
 
 The Ray layer (``cluster/extract.py``) calls exactly these functions from its decode tasks and extraction
 actors; running them in a loop here gives the same arrays bit for bit, which is what the tests compare.
@@ -27,8 +27,13 @@ def make_extractor(config: ExtractionConfig, device: str = "cpu", **kwargs) -> M
     """Build the networks a run's configuration names (loaded once per process/actor)."""
     layers = config.layers if isinstance(config.layers, str) else list(config.layers)
     return MultiNetExtractor(
-        list(config.models), layers=layers, weights=config.weights, seed=config.seed, device=device,
-        pooling=config.pooling, **kwargs,
+        list(config.models),
+        layers=layers,
+        weights=config.weights,
+        seed=config.seed,
+        device=device,
+        pooling=config.pooling,
+        **kwargs,
     )
 
 
@@ -104,7 +109,12 @@ def compute_unit(
         raise VspInputError(f"unit {decoded.unit} ({names}): no readable image; skipped: {decoded.skipped}")
     stacked = {k: np.concatenate(v, axis=0) for k, v in per_image.items()}
     return assemble_unit(
-        decoded.unit, plan.layers, stacked, decoded.concept_of_image, stop - start, plan.max_images,
+        decoded.unit,
+        plan.layers,
+        stacked,
+        decoded.concept_of_image,
+        stop - start,
+        plan.max_images,
         decoded.skipped,
     )
 
@@ -122,12 +132,14 @@ class ExtractionSummary:
     skipped_images: int
 
     def line(self) -> str:
+        """One line for the terminal and the job log."""
         rate = self.images / self.seconds if self.seconds > 0 else 0.0
         if self.units_run == 0:
             return f"extract: nothing to do, all {self.units_total} units already done in {self.store}"
         return (
             f"extract: {self.units_run} units ({self.images} images, {rate:.1f} images/s) written to "
-            f"{self.store}; {self.units_skipped} already done; {self.skipped_images} unreadable images skipped"
+            f"{self.store}; {self.units_skipped} already done; "
+            f"{self.skipped_images} unreadable images skipped"
         )
 
 
@@ -156,6 +168,11 @@ def run_extraction_local(
         if progress:
             progress(k + 1, len(pending))
     return ExtractionSummary(
-        store.uri, len(plan.units), len(pending), len(plan.units) - len(pending), n_img,
-        time.perf_counter() - t0, n_skip,
+        store.uri,
+        len(plan.units),
+        len(pending),
+        len(plan.units) - len(pending),
+        n_img,
+        time.perf_counter() - t0,
+        n_skip,
     )

@@ -59,6 +59,7 @@ class ExtractionConfig:
             raise VspInputError("at least one model is needed")
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples as lists), as recorded in the manifest."""
         d = asdict(self)
         d["models"] = list(self.models)
         d["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)
@@ -77,6 +78,7 @@ class LayerInfo:
 
     @property
     def path(self) -> str:
+        """The array path ``<model>/<tap>`` inside the Zarr group."""
         return f"{self.model}/{self.name}"
 
 
@@ -103,6 +105,7 @@ class FeaturePlan:
 
     @property
     def max_images(self) -> int:
+        """The largest image count of any concept (the padded image axis)."""
         return max(len(v) for v in self.images.values())
 
     def identity(self) -> dict[str, Any]:
@@ -158,6 +161,7 @@ class FeatureStore:
 
     # -- coordinator -------------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any] | None:
+        """The features manifest, or None when nothing was extracted here."""
         return self.store.read_json(MANIFEST) if self.store.exists(MANIFEST) else None
 
     def create(self, plan: FeaturePlan) -> bool:
@@ -189,13 +193,23 @@ class FeatureStore:
                 "dims": ["concept", "channel"],
             }
             arr = grp.create_array(
-                layer.name, shape=(n, layer.channels), chunks=(u, layer.channels), dtype="float32",
-                fill_value=float("nan"), overwrite=True, dimension_names=("concept", "channel"),
+                layer.name,
+                shape=(n, layer.channels),
+                chunks=(u, layer.channels),
+                dtype="float32",
+                fill_value=float("nan"),
+                overwrite=True,
+                dimension_names=("concept", "channel"),
             )
             arr.attrs.update(attrs)
             img = grp.require_group("images").create_array(
-                layer.name, shape=(n, m, layer.channels), chunks=(u, m, layer.channels), dtype="float32",
-                fill_value=float("nan"), overwrite=True, dimension_names=("concept", "image", "channel"),
+                layer.name,
+                shape=(n, m, layer.channels),
+                chunks=(u, m, layer.channels),
+                dtype="float32",
+                fill_value=float("nan"),
+                overwrite=True,
+                dimension_names=("concept", "image", "channel"),
             )
             img.attrs.update({**attrs, "dims": ["concept", "image", "channel"]})
         self.store.write_json(
@@ -213,16 +227,22 @@ class FeatureStore:
     # -- units -------------------------------------------------------------------------------------------
     @staticmethod
     def marker_path(unit: int) -> str:
+        """Where a unit's done-marker lives."""
         return f"{DONE}/unit-{unit:05d}.json"
 
     def is_done(self, unit: int) -> bool:
+        """Whether the unit finished (its marker exists)."""
         return self.store.exists(self.marker_path(unit))
 
     def done_units(self) -> set[int]:
+        """Indices of every finished unit."""
         keys = self.store.list(DONE)
-        return {int(k.rsplit("unit-", 1)[1].split(".")[0]) for k in keys if "unit-" in k and k.endswith(".json")}
+        return {
+            int(k.rsplit("unit-", 1)[1].split(".")[0]) for k in keys if "unit-" in k and k.endswith(".json")
+        }
 
     def pending_units(self, plan: FeaturePlan) -> list[int]:
+        """Units of the plan without a marker, in order."""
         done = self.done_units()
         return [i for i in range(len(plan.units)) if i not in done]
 
@@ -234,7 +254,9 @@ class FeatureStore:
             cv = result.concept_vectors[layer.path]
             iv = result.image_vectors[layer.path]
             if cv.shape != (stop - start, layer.channels):
-                raise ValueError(f"unit {result.unit} {layer.path}: shape {cv.shape} != {(stop - start, layer.channels)}")
+                raise ValueError(
+                    f"unit {result.unit} {layer.path}: shape {cv.shape} != {(stop - start, layer.channels)}"
+                )
             root[f"{layer.model}/{layer.name}"][start:stop] = cv.astype(np.float32, copy=False)
             root[f"{layer.model}/images/{layer.name}"][start:stop] = iv.astype(np.float32, copy=False)
         root["n_images"][start:stop] = result.n_images.astype(np.int32)
@@ -261,9 +283,11 @@ class FeatureStore:
         return man
 
     def concepts(self) -> list[str]:
+        """The concept of each row, in array order."""
         return list(self._require_manifest()["identity"]["concepts"])
 
     def layers(self) -> list[LayerInfo]:
+        """Every stored layer with its model, index, kind and width."""
         return [LayerInfo(**x) for x in self._require_manifest()["identity"]["layers"]]
 
     def read(self, model: str, name: str) -> np.ndarray:
@@ -280,6 +304,7 @@ class FeatureStore:
         return np.asarray(root[f"{model}/images/{name}"][:]), np.asarray(root["n_images"][:])
 
     def complete(self) -> bool:
+        """Whether every unit of the run has its marker."""
         man = self.manifest()
         return man is not None and len(self.done_units()) == len(man["units"])
 
@@ -303,7 +328,9 @@ def assemble_unit(
     counts = np.bincount(owner, minlength=n_concepts)
     if (counts == 0).any():
         missing = np.flatnonzero(counts == 0).tolist()
-        raise VspInputError(f"unit {unit}: concepts {missing} have no readable image (see the skipped images)")
+        raise VspInputError(
+            f"unit {unit}: concepts {missing} have no readable image (see the skipped images)"
+        )
     slot = np.zeros_like(owner)
     for c in range(n_concepts):
         slot[owner == c] = np.arange(counts[c])

@@ -146,9 +146,13 @@ class OneToN(nn.Module):
         g = generator
         self.E = nn.Parameter(torch.randn(n, k, generator=g) * (1.0 / np.sqrt(k)))
         bound = 1.0 / np.sqrt(k)
-        self.M = nn.Parameter(torch.cat([(torch.rand(k, d, generator=g) * 2 - 1) * bound for d in dims], dim=1))
+        self.M = nn.Parameter(
+            torch.cat([(torch.rand(k, d, generator=g) * 2 - 1) * bound for d in dims], dim=1)
+        )
         self.b = nn.Parameter(torch.zeros(sum(dims)))
-        self.register_buffer("source", torch.repeat_interleave(torch.arange(len(dims)), torch.tensor(list(dims))))
+        self.register_buffer(
+            "source", torch.repeat_interleave(torch.arange(len(dims)), torch.tensor(list(dims)))
+        )
         self.dims = list(dims)
 
     def forward(self) -> list[torch.Tensor]:

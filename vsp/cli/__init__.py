@@ -12,4 +12,5 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    """Console entry point."""
     app()

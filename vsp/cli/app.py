@@ -29,7 +29,9 @@ DEFAULT_MODELS = "alexnet,vgg16,resnet34,densenet169"
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -50,12 +52,18 @@ class Progress:
 
         tty = sys.stderr.isatty()
         self.bar = tqdm(
-            total=None, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, mininterval=0.2 if tty else 5.0
+            total=None,
+            unit=unit,
+            desc=desc,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.2 if tty else 5.0,
         )
         self.what = what
         self.t0 = time.perf_counter()
 
     def __call__(self, done: int, total: int, count: int | None = None) -> None:
+        """Report ``done`` of ``total`` units and a running count of ``what``."""
         self.bar.total = total
         if count is not None:
             rate = count / max(time.perf_counter() - self.t0, 1e-9)
@@ -63,4 +71,5 @@ class Progress:
         self.bar.update(done - self.bar.n)  # redraws at most every mininterval
 
     def close(self) -> None:
+        """Close the bar (leaves the last state on screen)."""
         self.bar.close()

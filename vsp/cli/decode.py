@@ -14,14 +14,20 @@ from vsp.errors import ConfigMismatchError, VspInputError
 def decode(
     store: Annotated[str, typer.Option("--store", help="Store prefix holding `vsp extract` features.")],
     norms: Annotated[str, typer.Option("--norms", help="CSLB norms.dat path or URI.")],
-    models: Annotated[str | None, typer.Option(help="Comma-separated models to decode (default: all in the store).")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models to decode (default: all in the store).")
+    ] = None,
     folds: Annotated[int, typer.Option(help="Stratified folds per property.")] = 5,
     seed: Annotated[int, typer.Option(help="random_state of StratifiedKFold(shuffle=True).")] = 0,
-    C: Annotated[float, typer.Option("--C", help="Inverse L2 strength, as scikit-learn's LogisticRegression(C=...).")] = 1.0,
+    C: Annotated[
+        float, typer.Option("--C", help="Inverse L2 strength, as scikit-learn's LogisticRegression(C=...).")
+    ] = 1.0,
     min_pf: Annotated[float, typer.Option(help="Norms filter: production frequency >= N.")] = 5,
     min_concepts: Annotated[int, typer.Option(help="Norms filter: properties of >= N concepts.")] = 5,
     float64: Annotated[bool, typer.Option("--float64", help="Solve in float64 (default float32).")] = False,
-    address: Annotated[str | None, typer.Option(help="Ray address: auto | ray://host:10001. Default: embedded.")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray address: auto | ray://host:10001. Default: embedded.")
+    ] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process without Ray.")] = False,
 ) -> None:
     """Decode every property from every layer with class-weighted L2 logistic regression, F1 per fold.
@@ -33,10 +39,15 @@ def decode(
 
     try:
         config = DecodeConfig(
-            folds=folds, seed=seed, C=C, dtype="float64" if float64 else "float32",
+            folds=folds,
+            seed=seed,
+            C=C,
+            dtype="float64" if float64 else "float32",
             models=tuple(m.strip() for m in models.split(",")) if models else None,
         )
-        summary = run_decode(store, load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts), config, address, no_ray)
+        summary = run_decode(
+            store, load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts), config, address, no_ray
+        )
     except ConfigMismatchError as exc:
         fail(str(exc), 3)
     except (VspInputError, FileNotFoundError) as exc:

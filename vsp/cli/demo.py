@@ -12,7 +12,9 @@ from vsp.cli.app import DEFAULT_MODELS, app
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the generated world and the run's store.")] = Path("demo-run"),
+    out: Annotated[Path, typer.Option(help="Folder for the generated world and the run's store.")] = Path(
+        "demo-run"
+    ),
     concepts: Annotated[int, typer.Option(help="Number of generated concepts.")] = 24,
     images_per_concept: Annotated[int, typer.Option(help="Images per concept.")] = 6,
     seed: Annotated[int, typer.Option(help="Seed of the generated world and of the random weights.")] = 0,
@@ -31,16 +33,24 @@ def demo(
     from vsp.norms import load_cslb, summary
     from vsp.synthetic import generate_world
 
-    world = generate_world(out / "world", n_concepts=concepts, images_per_concept=images_per_concept, seed=seed)
+    world = generate_world(
+        out / "world", n_concepts=concepts, images_per_concept=images_per_concept, seed=seed
+    )
     store = str((out / "store").resolve())
     nm = load_cslb(world.norms_path)
     s = summary(nm)
-    typer.echo(f"[world] {s['concepts']} concepts x {s['properties']} properties; images under {world.images_root}")
+    typer.echo(
+        f"[world] {s['concepts']} concepts x {s['properties']} properties; images under {world.images_root}"
+    )
     manifest = build_manifest(world.images_root)
     report = validate(manifest, nm.concepts)
     typer.echo(f"[images] {report.to_text().splitlines()[0]}")
     config = ExtractionConfig(
-        models=tuple(m for m in models.split(",") if m), layers="all-conv", weights="random", seed=seed, unit_size=8
+        models=tuple(m for m in models.split(",") if m),
+        layers="all-conv",
+        weights="random",
+        seed=seed,
+        unit_size=8,
     )
     typer.echo(f"[extract] {run_extract(store, manifest, config, nm.concepts, no_ray=no_ray).line()}")
     typer.echo(f"[decode] {run_decode(store, nm, DecodeConfig(seed=seed), no_ray=no_ray).line()}")

@@ -20,16 +20,24 @@ def layers_arg(layers: str) -> str | tuple[str, ...]:
 
 @app.command()
 def extract(
-    images: Annotated[str, typer.Option("--images", help="Folder tree, s3:// prefix, or CSV/Parquet manifest.")],
+    images: Annotated[
+        str, typer.Option("--images", help="Folder tree, s3:// prefix, or CSV/Parquet manifest.")
+    ],
     store: Annotated[str, typer.Option("--store", help="Output prefix: local folder or s3://bucket/prefix.")],
     models: Annotated[str, typer.Option(help="Comma-separated torchvision model names.")] = DEFAULT_MODELS,
-    layers: Annotated[str, typer.Option(help="all-conv | paper | re:<regex> | comma-separated module names.")] = "all-conv",
-    weights: Annotated[str, typer.Option(help="imagenet | random | path or s3:// URI of a state_dict.")] = "imagenet",
+    layers: Annotated[
+        str, typer.Option(help="all-conv | paper | re:<regex> | comma-separated module names.")
+    ] = "all-conv",
+    weights: Annotated[
+        str, typer.Option(help="imagenet | random | path or s3:// URI of a state_dict.")
+    ] = "imagenet",
     seed: Annotated[int, typer.Option(help="Seed for random weights.")] = 0,
     pooling: Annotated[str, typer.Option(help="Global pooling per channel: max | mean.")] = "max",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     unit_size: Annotated[int, typer.Option(help="Concepts per work unit (= Zarr chunk rows).")] = 16,
-    norms: Annotated[str | None, typer.Option("--norms", help="Keep only concepts present in these norms.")] = None,
+    norms: Annotated[
+        str | None, typer.Option("--norms", help="Keep only concepts present in these norms.")
+    ] = None,
     address: Annotated[
         str | None, typer.Option(help="Ray address: auto | ray://host:10001. Default: embedded local Ray.")
     ] = None,
@@ -44,8 +52,12 @@ def extract(
 
     try:
         config = ExtractionConfig(
-            models=tuple(m.strip() for m in models.split(",") if m.strip()), layers=layers_arg(layers),
-            weights=weights, seed=seed, pooling=pooling, unit_size=unit_size,
+            models=tuple(m.strip() for m in models.split(",") if m.strip()),
+            layers=layers_arg(layers),
+            weights=weights,
+            seed=seed,
+            pooling=pooling,
+            unit_size=unit_size,
         )
         records = build_manifest(images)
         concepts = None
@@ -62,7 +74,12 @@ def extract(
 
 
 def run_extract(
-    store: str, records: Sequence, config, concepts=None, batch_size: int = 32, address: str | None = None,
+    store: str,
+    records: Sequence,
+    config,
+    concepts=None,
+    batch_size: int = 32,
+    address: str | None = None,
     no_ray: bool = False,
 ):
     """Run extraction with a progress bar, through Ray unless ``no_ray`` (shared by `extract` and `demo`)."""

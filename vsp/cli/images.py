@@ -14,9 +14,14 @@ from vsp.errors import VspInputError
 @images_app.command("validate")
 def images_validate(
     images: Annotated[
-        str, typer.Option("--images", help="Folder tree <root>/<concept>/<files>, s3:// prefix, or CSV/Parquet manifest.")
+        str,
+        typer.Option(
+            "--images", help="Folder tree <root>/<concept>/<files>, s3:// prefix, or CSV/Parquet manifest."
+        ),
     ],
-    norms: Annotated[str | None, typer.Option("--norms", help="Norms file: report concepts missing on either side.")] = None,
+    norms: Annotated[
+        str | None, typer.Option("--norms", help="Norms file: report concepts missing on either side.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check that every image decodes and that image concepts match the norms; exit 1 on problems.

@@ -14,7 +14,9 @@ from vsp.errors import VspInputError
 @app.command()
 def norms(
     norms: Annotated[str, typer.Option("--norms", help="CSLB norms.dat (or McRae .xlsx) path or URI.")],
-    min_pf: Annotated[float, typer.Option(help="Keep (concept, property) pairs with production frequency >= N.")] = 5,
+    min_pf: Annotated[
+        float, typer.Option(help="Keep (concept, property) pairs with production frequency >= N.")
+    ] = 5,
     min_concepts: Annotated[int, typer.Option(help="Keep properties that occur for >= N concepts.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -32,6 +34,9 @@ def norms(
     if as_json:
         typer.echo(json.dumps(s))
         return
-    typer.echo(f"{s['concepts']} concepts x {s['properties']} properties (pf >= {min_pf:g}, >= {min_concepts} concepts)")
+    typer.echo(
+        f"{s['concepts']} concepts x {s['properties']} properties "
+        f"(pf >= {min_pf:g}, >= {min_concepts} concepts)"
+    )
     typer.echo("feature classes: " + ", ".join(f"{k} {v}" for k, v in s["feature_classes"].items()))
     typer.echo("fine-grained:    " + ", ".join(f"{k} {v}" for k, v in s["fine_grained"].items()))
