@@ -93,9 +93,7 @@ def run_extraction_ray(
     fs.create(plan)
     pending = fs.pending_units(plan)
     if not pending:
-        return ExtractionSummary(
-            store.uri, len(plan.units), 0, len(plan.units), 0, time.perf_counter() - t0, 0
-        )
+        return ExtractionSummary(store.uri, len(plan.units), 0, 0, time.perf_counter() - t0, 0)
 
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
@@ -135,11 +133,5 @@ def run_extraction_ray(
     for actor in actors:
         ray.kill(actor)
     return ExtractionSummary(
-        store.uri,
-        len(plan.units),
-        len(pending),
-        len(plan.units) - len(pending),
-        n_img,
-        time.perf_counter() - t0,
-        n_skip,
+        store.uri, len(plan.units), len(pending), n_img, time.perf_counter() - t0, n_skip
     )

@@ -126,10 +126,14 @@ class ExtractionSummary:
     store: str
     units_total: int
     units_run: int
-    units_skipped: int
     images: int
     seconds: float
     skipped_images: int
+
+    @property
+    def units_skipped(self) -> int:
+        """Units that were already done before this run."""
+        return self.units_total - self.units_run
 
     def line(self) -> str:
         """One line for the terminal and the job log."""
@@ -168,11 +172,5 @@ def run_extraction_local(
         if progress:
             progress(k + 1, len(pending))
     return ExtractionSummary(
-        store.uri,
-        len(plan.units),
-        len(pending),
-        len(plan.units) - len(pending),
-        n_img,
-        time.perf_counter() - t0,
-        n_skip,
+        store.uri, len(plan.units), len(pending), n_img, time.perf_counter() - t0, n_skip
     )
