@@ -77,3 +77,11 @@ def test_extract_refuses_other_configuration_on_same_store(tmp_path):
     other = runner.invoke(app, [*args, "--seed", "1"])
     assert other.exit_code == 3
     assert "config.seed" in other.output
+
+
+def test_comma_separated_options_drop_blanks_and_convert():
+    from vsp.cli.app import csv_list
+
+    assert csv_list(None) is None and csv_list("") is None
+    assert csv_list(" alexnet, ,resnet34,") == ("alexnet", "resnet34")
+    assert csv_list("0.01, 1", float) == (0.01, 1.0)

@@ -38,6 +38,11 @@ def _main(
     )
 
 
+def csv_list(value: str | None, kind: type = str) -> tuple | None:
+    """A comma-separated option as a tuple (blanks dropped, items converted by ``kind``); None if unset."""
+    return tuple(kind(x.strip()) for x in value.split(",") if x.strip()) if value else None
+
+
 def fail(msg: str, code: int = 2) -> None:
     """Print an error to stderr and exit with ``code`` (2: bad input, 3: configuration mismatch)."""
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import app, fail
+from vsp.cli.app import app, csv_list, fail
 from vsp.errors import ConfigMismatchError, VspInputError
 
 JOBS_API = "http://127.0.0.1:8265"
@@ -20,10 +20,6 @@ AddressOpt = Annotated[
         help="Jobs API of the Ray head (its dashboard): http://HEAD:8265.",
     ),
 ]
-
-
-def _stages(stages: str | None) -> list[str] | None:
-    return [s.strip() for s in stages.split(",") if s.strip()] if stages else None
 
 
 @app.command("run")
@@ -51,7 +47,7 @@ def run_cmd(
 
     try:
         cfg = load_run_config(config)
-        run_pipeline(cfg, _stages(stages), address=address, no_ray=no_ray)
+        run_pipeline(cfg, csv_list(stages), address=address, no_ray=no_ray)
     except ConfigMismatchError as exc:
         fail(str(exc), 3)
     except (VspInputError, FileNotFoundError) as exc:
@@ -89,7 +85,7 @@ def submit(
 
     try:
         cfg = load_run_config(config)
-        sid = jobs_client.submit(address, cfg, _stages(stages), working_dir, pip or (), submission_id)
+        sid = jobs_client.submit(address, cfg, csv_list(stages), working_dir, pip or (), submission_id)
     except (VspInputError, FileNotFoundError) as exc:
         fail(str(exc))
     except (ConnectionError, RuntimeError) as exc:

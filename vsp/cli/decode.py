@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import Progress, app, fail
+from vsp.cli.app import Progress, app, csv_list, fail
 from vsp.errors import ConfigMismatchError, VspInputError
 
 
@@ -43,7 +43,7 @@ def decode(
             seed=seed,
             C=C,
             dtype="float64" if float64 else "float32",
-            models=tuple(m.strip() for m in models.split(",")) if models else None,
+            models=csv_list(models),
         )
         summary = run_decode(
             store, load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts), config, address, no_ray

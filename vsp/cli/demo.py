@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import DEFAULT_MODELS, app
+from vsp.cli.app import DEFAULT_MODELS, app, csv_list
 
 
 @app.command()
@@ -46,7 +46,7 @@ def demo(
     report = validate(manifest, nm.concepts)
     typer.echo(f"[images] {report.to_text().splitlines()[0]}")
     config = ExtractionConfig(
-        models=tuple(m for m in models.split(",") if m),
+        models=csv_list(models) or (),
         layers="all-conv",
         weights="random",
         seed=seed,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import DEFAULT_MODELS, Progress, app, fail
+from vsp.cli.app import DEFAULT_MODELS, Progress, app, csv_list, fail
 from vsp.errors import ConfigMismatchError, VspInputError
 
 
@@ -15,7 +15,7 @@ def layers_arg(layers: str) -> str | tuple[str, ...]:
     """`all-conv`, `paper` and `re:<regex>` pass through; anything else is a comma-separated name list."""
     if layers in ("all-conv", "paper") or layers.startswith("re:"):
         return layers
-    return tuple(x.strip() for x in layers.split(",") if x.strip())
+    return csv_list(layers) or ()
 
 
 @app.command()
@@ -52,7 +52,7 @@ def extract(
 
     try:
         config = ExtractionConfig(
-            models=tuple(m.strip() for m in models.split(",") if m.strip()),
+            models=csv_list(models) or (),
             layers=layers_arg(layers),
             weights=weights,
             seed=seed,

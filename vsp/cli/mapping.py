@@ -6,12 +6,8 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import Progress, app, fail
+from vsp.cli.app import Progress, app, csv_list, fail
 from vsp.errors import ConfigMismatchError, VspInputError
-
-
-def _csv(value: str | None, kind=str) -> tuple | None:
-    return tuple(kind(x.strip()) for x in value.split(",") if x.strip()) if value else None
 
 
 @app.command("map")
@@ -67,17 +63,17 @@ def map_(
 
     try:
         config = MappingConfig(
-            embeddings=_csv(embeddings),
-            mappers=_csv(mappers) or (),
+            embeddings=csv_list(embeddings),
+            mappers=csv_list(mappers) or (),
             repeats=repeats,
             folds=folds,
             seed=seed,
             candidates=candidates,
             inner_folds=inner_folds,
-            mlp_epochs=_csv(mlp_epochs, int),
-            mlp_lr=_csv(mlp_lr, float),
-            mlp_weight_decay=_csv(mlp_wd, float),
-            ridge_alphas=_csv(ridge_alphas, float),
+            mlp_epochs=csv_list(mlp_epochs, int),
+            mlp_lr=csv_list(mlp_lr, float),
+            mlp_weight_decay=csv_list(mlp_wd, float),
+            ridge_alphas=csv_list(ridge_alphas, float),
             folds_per_task=folds_per_task,
         )
         nm = load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts)

@@ -6,12 +6,8 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import Progress, app, fail
+from vsp.cli.app import Progress, app, csv_list, fail
 from vsp.errors import ConfigMismatchError, VspInputError
-
-
-def _csv(value: str | None) -> tuple[str, ...] | None:
-    return tuple(x.strip() for x in value.split(",") if x.strip()) if value else None
 
 
 @app.command()
@@ -60,8 +56,8 @@ def meta(
 
     try:
         config = MetaConfig(
-            models=_csv(models),
-            kinds=_csv(kinds) or (),
+            models=csv_list(models),
+            kinds=csv_list(kinds) or (),
             dim=dim,
             k=k,
             seed=seed,

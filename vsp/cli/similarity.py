@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import app, fail
+from vsp.cli.app import app, csv_list, fail
 from vsp.errors import ConfigMismatchError, VspInputError
 
 
@@ -63,9 +63,7 @@ def similarity(
             if not benches:
                 fail("no benchmark files: pass --men / --simlex / --pairs, or set VSP_SHARED_DATA")
         nm = load_cslb(norms) if norms else None
-        for line in run_sim(
-            store, benches, nm, [e.strip() for e in embeddings.split(",")] if embeddings else None
-        ):
+        for line in run_sim(store, benches, nm, csv_list(embeddings)):
             typer.echo(line)
     except ConfigMismatchError as exc:
         fail(str(exc), 3)
