@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import ray
 
+from cluster.waiting import wait_any
 from vsp.decode_stage import DecodeConfig, DecodeSummary, decode_unit, finish, open_run, pending, prepare
 from vsp.features import FeatureStore
 from vsp.norms import Norms
@@ -34,14 +36,21 @@ def run_decode_ray(
     config: DecodeConfig,
     layers_per_task: int = 4,
     progress: Callable[[int, int, int], None] | None = None,
+    connect: Callable[[], Any] | None = None,
 ) -> DecodeSummary:
-    """Coordinator: record the run, fan pending layers out as tasks, then aggregate and draw the figures."""
+    """Coordinator: record the run, fan pending layers out as tasks, then aggregate and draw the figures.
+
+    ``connect()`` is called only when some layer is pending, before the first Ray call (a rerun with
+    nothing to do never starts Ray); without it, Ray must already be initialised.
+    """
     t0 = time.perf_counter()
     store = open_store(store_uri)
     task, layers, identity = prepare(FeatureStore(store), norms, config)
     open_run(store, identity)
     todo = pending(store, layers)
     if todo:
+        if connect is not None:
+            connect()
         task_ref = ray.put(task)
         gpus = ray.cluster_resources().get("GPU", 0)
         opts = {"num_gpus": 1} if gpus else {}
@@ -49,9 +58,9 @@ def run_decode_ray(
         refs = {decode_layers_task.options(**opts).remote(store.uri, task_ref, g): len(g) for g in groups}
         done = fits = 0
         while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            done += refs.pop(ready[0])
-            fits += ray.get(ready[0])
+            ref = wait_any(refs)  # in short slices: SIGTERM (`ray job stop`) is handled while we wait
+            done += refs.pop(ref)
+            fits += ray.get(ref)
             if progress:
                 progress(done, len(todo), fits)
     else:

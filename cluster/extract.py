@@ -7,16 +7,26 @@ small pool we keep those guarantees and still get the two things that matter for
 its networks once (GPU objects are built inside the actor, never pickled), and decoding runs in parallel CPU
 tasks with a bounded window of units in flight (backpressure), so an actor always has its next unit decoded
 while it computes the current one.
+
+Small clusters: when the CPUs left beside the actors cannot hold a decode task (a 1-CPU worker, or as many
+actors as CPUs), decode tasks would wait forever for a CPU the actors hold. The pool then decodes inside the
+actors instead (same function, same bytes), and says so in the log; with fewer CPUs than actors, each actor
+asks for a fraction of a CPU. On CPU-only nodes an actor uses the CPUs that no actor or decode task reserves
+for its forward passes (Ray's default for a 1-CPU actor is a single torch thread).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 
+from cluster.waiting import wait_any
 from vsp.extract_stage import (
     ExtractionSummary,
     compute_unit,
@@ -41,18 +51,20 @@ def decode_task(plan: FeaturePlan, unit: int):
 class ExtractionActor:
     """Holds the networks on its device; computes a unit and writes its chunks, then its marker."""
 
-    def __init__(self, store_uri: str, config: ExtractionConfig, batch_size: int) -> None:
+    def __init__(
+        self, store_uri: str, config: ExtractionConfig, batch_size: int, threads: int | None = None
+    ) -> None:
         import torch
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cpu" and threads:
+            torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
         self.extractor = make_extractor(config, device=self.device)
         self.fs = FeatureStore(open_store(store_uri))
         self.batch_size = batch_size
 
     def pid(self) -> int:
         """The actor process id (tests kill it to prove restarts)."""
-        import os
-
         return os.getpid()
 
     @ray.method(retry_exceptions=True)
@@ -66,6 +78,56 @@ class ExtractionActor:
         self.fs.write_unit(plan, result)
         return {"unit": decoded.unit, "images": len(decoded.tensor), "skipped": len(decoded.skipped)}
 
+    @ray.method(retry_exceptions=True)
+    def decode_and_process(self, plan: FeaturePlan, unit: int) -> dict:
+        """Decode the unit's images here, then compute and write it (clusters without a spare CPU)."""
+        return self.process(plan, decode_unit(plan, unit))
+
+
+@dataclass(frozen=True)
+class PoolLayout:
+    """How the actor pool fits the cluster: actors, what each asks of Ray, and where images are decoded."""
+
+    actors: int
+    actor_options: dict[str, Any] = field(default_factory=dict)
+    decode_in_actor: bool = False
+    threads: int | None = None  # torch threads of a CPU actor (None: leave the worker's default)
+
+    def line(self) -> str:
+        """One log line describing the layout."""
+        where = "inside the actors (no CPU left for decode tasks)" if self.decode_in_actor else "in CPU tasks"
+        threads = f", {self.threads} torch threads each on CPU" if self.threads else ""
+        return f"{self.actors} extraction actors ({self.actor_options}{threads}); images decoded {where}"
+
+
+def pool_layout(resources: Mapping[str, float], n_actors: int | None, n_units: int) -> PoolLayout:
+    """Fit the pool to the cluster's resources (``ray.cluster_resources()``) so that it cannot deadlock.
+
+    Default: one actor per GPU, else one per two CPUs; never more actors than units. Each actor asks for one
+    CPU (and one GPU when the cluster has GPUs), or an equal share of the CPUs when there are fewer CPUs than
+    actors. Decode tasks need a whole CPU beside the actors; when less than one is left they would never be
+    scheduled, so the actors decode their own units. A cluster that reports no CPU at all (an autoscaler
+    that starts from zero workers) keeps decode tasks: the nodes it brings up have CPUs.
+    """
+    cpus = float(resources.get("CPU", 0))
+    gpus = int(resources.get("GPU", 0))
+    if n_actors is None:
+        n_actors = gpus if gpus else max(1, int(cpus) // 2)
+    n_actors = max(1, min(n_actors, max(1, n_units)))
+    actor_cpus = 1.0
+    if 0 < cpus < n_actors:
+        actor_cpus = round(cpus / n_actors, 4)
+    opts: dict[str, Any] = {"num_cpus": actor_cpus if actor_cpus != 1.0 else 1}
+    if gpus:
+        opts["num_gpus"] = 1
+    spare = cpus - n_actors * actor_cpus
+    decode_in_actor = cpus > 0 and spare < 1
+    threads = None
+    if not gpus and cpus > 0:  # CPU actors: the CPUs nobody reserves, shared out (at least one each)
+        free = cpus - (0 if decode_in_actor else n_actors)  # keep about one CPU per actor for decode tasks
+        threads = max(1, int(free // n_actors))
+    return PoolLayout(n_actors, opts, decode_in_actor, threads)
+
 
 def run_extraction_ray(
     store_uri: str,
@@ -77,17 +139,20 @@ def run_extraction_ray(
     window: int = 2,
     progress: Callable[[int, int, int], None] | None = None,
     on_actors: Callable[[list], None] | None = None,
+    connect: Callable[[], Any] | None = None,
 ) -> ExtractionSummary:
     """Coordinator: create every array, then stream pending units through the actor pool.
 
     ``window`` units per actor may be decoded ahead of the actor (backpressure bound).
     ``progress(units_done, units_pending, images_done)`` is called after every unit.
+    ``connect()`` is called once there is work for Ray, before the first Ray call: a rerun with nothing to
+    do never starts (or joins) Ray. Without it, Ray must already be initialised.
     """
     t0 = time.perf_counter()
     store = open_store(store_uri)
     # The coordinator builds the networks once on CPU to learn each layer's width and the weights identity.
     planner = make_extractor(config, device="cpu")
-    plan = plan_extraction(records, config, planner, concepts)
+    plan = plan_extraction(records, config, planner, concepts, store=store)
     del planner
     fs = FeatureStore(store)
     fs.create(plan)
@@ -95,13 +160,14 @@ def run_extraction_ray(
     if not pending:
         return ExtractionSummary(store.uri, len(plan.units), 0, 0, time.perf_counter() - t0, 0)
 
-    res = ray.cluster_resources()
-    gpus = int(res.get("GPU", 0))
-    if n_actors is None:
-        n_actors = gpus if gpus else max(1, int(res.get("CPU", 1)) // 2)
-    n_actors = max(1, min(n_actors, len(pending)))
-    opts = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-    actors = [ExtractionActor.options(**opts).remote(store.uri, config, batch_size) for _ in range(n_actors)]
+    if connect is not None:
+        connect()
+    layout = pool_layout(ray.cluster_resources(), n_actors, len(pending))
+    log.info("extract: %s", layout.line())
+    actors = [
+        ExtractionActor.options(**layout.actor_options).remote(store.uri, config, batch_size, layout.threads)
+        for _ in range(layout.actors)
+    ]
     if on_actors:
         on_actors(actors)
     plan_ref = ray.put(plan)
@@ -112,17 +178,20 @@ def run_extraction_ray(
 
     def submit(a: int) -> None:
         unit = queue.pop(0)
+        if layout.decode_in_actor:
+            inflight[actors[a].decode_and_process.remote(plan_ref, unit)] = a
+            return
         decoded = decode_task.remote(plan_ref, unit)
         inflight[actors[a].process.remote(plan_ref, decoded)] = a
 
     for _ in range(window):
-        for a in range(n_actors):
+        for a in range(layout.actors):
             if queue:
                 submit(a)
     while inflight:
-        ready, _ = ray.wait(list(inflight), num_returns=1)
-        a = inflight.pop(ready[0])
-        out = ray.get(ready[0])
+        ref = wait_any(inflight)  # in short slices: SIGTERM (`ray job stop`) is handled while we wait
+        a = inflight.pop(ref)
+        out = ray.get(ref)
         done += 1
         n_img += out["images"]
         n_skip += out["skipped"]

@@ -1,7 +1,7 @@
 """A local development cluster: a Ray head, one Ray worker node and a SeaweedFS S3 server, on 127.0.0.1 only.
 
     python -m cluster.local start [--worker-cpus 2] [--no-s3] [--dir ~/.cache/vsp-local]
-    eval "$(python -m cluster.local env)"     # RAY_ADDRESS, RAY_API_SERVER_ADDRESS, the local S3's AWS_*
+    eval "$(python -m cluster.local env)"     # RAY_ADDRESS, RAY_API_SERVER_ADDRESS, RAY_AUTH_*, S3's AWS_*
     python -m cluster.local status
     python -m cluster.local stop [--purge]
 
@@ -17,10 +17,14 @@ What runs, each in its own session so that ``stop`` ends exactly these processes
 - ``ray start --block`` for one worker node with ``--worker-cpus`` CPUs (and this machine's GPUs, if any).
 
 Both Ray nodes advertise and bind 127.0.0.1 (``ray start`` would otherwise swap 127.0.0.1 for the machine's
-network address), Ray's token authentication is off (loopback only, single user), and the Ray processes get
-the local S3's credentials in their environment, so workers and drivers reach ``s3://vsp/...``. ``stop`` sends
-SIGTERM to each ``ray start --block`` (which shuts its node down), then SIGKILLs whatever is left in that
-process's session.
+network address), and the Ray processes get the local S3's credentials in their environment, so workers and
+drivers reach ``s3://vsp/...``. Loopback is not a boundary between the users of one machine, so Ray's token
+authentication is on (``RAY_AUTH_MODE=token``): each ``start`` writes a fresh token to ``<dir>/auth_token``,
+readable by its owner only (0600), and every Ray process reads it through ``RAY_AUTH_TOKEN_PATH``. ``env``
+exports that path (not the token), which Ray clients (``ray.init``, ``ray job``, the Jobs SDK of ``vsp
+submit``) read; a Jobs API call without the token is refused (401). ``stop`` sends SIGTERM to each ``ray start
+--block`` (which shuts its node down), then SIGKILLs whatever is left in that process's session, and deletes
+the token.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -43,11 +48,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster import auth
+
 HOST = "127.0.0.1"
 DEFAULT_DIR = Path(os.environ.get("VSP_LOCAL_DIR", Path.home() / ".cache" / "vsp-local"))
 DEFAULT_BUCKET = "vsp"
 REGION = "us-east-1"
 STATE = "cluster.json"
+TOKEN_FILE = "auth_token"  # under the cluster's dir, mode 0600
 
 # Ray swaps 127.0.0.1 for the machine's network address unless this is 0 (its default on macOS / Windows);
 # every process of a loopback-only cluster needs it, drivers included (`env` exports it).
@@ -86,12 +94,24 @@ class LocalCluster:
     worker_cpus: int = 0
     started: str = ""
 
+    @property
+    def token_path(self) -> Path:
+        """The file holding the cluster's Ray auth token (owner-only; written by ``start``)."""
+        return Path(self.dir) / TOKEN_FILE
+
+    def token(self) -> str | None:
+        """The cluster's Ray auth token (None when the file is gone)."""
+        with contextlib.suppress(OSError):
+            return self.token_path.read_text().strip() or None
+        return None
+
     def env(self) -> dict[str, str]:
-        """The environment a shell needs to use this cluster (Ray addresses, the local S3's credentials)."""
+        """The environment a shell needs to use this cluster (Ray addresses and token file, the S3's keys)."""
         out = {
             "RAY_ADDRESS": self.ray_address,
             "RAY_API_SERVER_ADDRESS": self.dashboard_url,
-            "RAY_AUTH_MODE": "disabled",
+            "RAY_AUTH_MODE": "token",
+            auth.TOKEN_PATH_ENV: str(self.token_path),
             **LOOPBACK_ENV,
         }
         if self.s3_endpoint:
@@ -353,32 +373,37 @@ def _start_s3(root: Path, port: int | None, bucket: str, timeout: float) -> tupl
 # --- Ray ----------------------------------------------------------------------------------------------------
 
 
-def _get_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback http only
+def _get_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
+    """GET ``url`` with the Ray auth token (``token``, else the one this environment names)."""
+    headers = auth.bearer(token) or auth.auth_headers()
+    req = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback http only
         return json.loads(resp.read())
 
 
-def alive_nodes(dashboard_url: str) -> list[dict[str, Any]]:
-    """The cluster's alive nodes, from the dashboard's state API."""
-    data = _get_json(f"{dashboard_url}/api/v0/nodes?limit=1000&detail=false")
+def alive_nodes(dashboard_url: str, token: str | None = None) -> list[dict[str, Any]]:
+    """The cluster's alive nodes, from the dashboard's state API (``token``: default from the environment)."""
+    data = _get_json(f"{dashboard_url}/api/v0/nodes?limit=1000&detail=false", token)
     rows = data.get("data", {}).get("result", {}).get("result", [])
     return [n for n in rows if n.get("state") == "ALIVE"]
 
 
-def actors(dashboard_url: str, class_name: str | None = None) -> list[dict[str, Any]]:
+def actors(
+    dashboard_url: str, class_name: str | None = None, token: str | None = None
+) -> list[dict[str, Any]]:
     """Actors of the cluster (state, pid, restarts ...), optionally of one class, from the state API."""
     query = "limit=1000&detail=1"
     if class_name:
         query += f"&filter_keys=class_name&filter_predicates=%3D&filter_values={class_name}"
     return (
-        _get_json(f"{dashboard_url}/api/v0/actors?{query}")
+        _get_json(f"{dashboard_url}/api/v0/actors?{query}", token)
         .get("data", {})
         .get("result", {})
         .get("result", [])
     )
 
 
-def _wait_nodes(dashboard_url: str, n: int, pids: list[int], logs: Path, timeout: float) -> None:
+def _wait_nodes(dashboard_url: str, n: int, pids: list[int], logs: Path, timeout: float, token: str) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -386,7 +411,7 @@ def _wait_nodes(dashboard_url: str, n: int, pids: list[int], logs: Path, timeout
         if dead:
             raise RuntimeError(f"a `ray start` process exited early; see the logs in {logs}")
         try:
-            if len(alive_nodes(dashboard_url)) >= n:
+            if len(alive_nodes(dashboard_url, token)) >= n:
                 return
         except (OSError, urllib.error.URLError, ValueError) as exc:
             last = exc
@@ -396,16 +421,20 @@ def _wait_nodes(dashboard_url: str, n: int, pids: list[int], logs: Path, timeout
     )
 
 
-def _ray_env(s3_env: dict[str, str] | None, extra: dict[str, str] | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    env |= {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ENV}
+def _ray_env(s3_env: dict[str, str] | None, extra: dict[str, str] | None, token_path: Path) -> dict[str, str]:
+    drop = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", auth.TOKEN_ENV)  # $RAY_AUTH_TOKEN would beat the file
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env |= {"RAY_USAGE_STATS_ENABLED": "0", **LOOPBACK_ENV}
     # a job's entry point (`python -m jobs.pipeline`) must find this environment's python first
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if s3_env:
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
             env.pop(name, None)
         env |= s3_env
-    return env | (extra or {})
+    env |= extra or {}
+    env |= {auth.MODE_ENV: "token", auth.TOKEN_PATH_ENV: str(token_path)}  # on, whatever ``extra`` says
+    env.pop(auth.TOKEN_ENV, None)
+    return env
 
 
 def start(
@@ -439,9 +468,11 @@ def start(
             state.pids["s3"], state.markers["s3"] = pid, marker
             state.s3_endpoint, state.bucket = endpoint, bucket
             _write_state(root, state)
+        token = auth.write_token(state.token_path)  # a fresh one per start, mode 0600
         ray_env = _ray_env(
-            {k: v for k, v in state.env().items() if k.startswith("AWS_")} if s3 else None, env
-        )
+            {k: v for k, v in state.env().items() if k.startswith("AWS_")} if s3 else None, env,
+            state.token_path,
+        )  # fmt: skip
         gcs = _port(gcs_port, 6379)
         dash = _port(dashboard_port, 8265)
         client_port, head_agent, worker_agent = free_ports(3)
@@ -458,7 +489,7 @@ def start(
         )  # fmt: skip
         state.pids["head"], state.markers["head"] = head, str(head_tmp)
         _write_state(root, state)
-        _wait_nodes(state.dashboard_url, 1, [head], root / "logs", timeout)
+        _wait_nodes(state.dashboard_url, 1, [head], root / "logs", timeout, token)
         worker_tmp = temp_root / "worker"
         worker = _spawn(
             [*ray_cmd, f"--address={state.ray_address}", f"--num-cpus={worker_cpus}",
@@ -467,7 +498,7 @@ def start(
         )  # fmt: skip
         state.pids["worker"], state.markers["worker"] = worker, str(worker_tmp)
         _write_state(root, state)
-        _wait_nodes(state.dashboard_url, 2, [head, worker], root / "logs", timeout)
+        _wait_nodes(state.dashboard_url, 2, [head, worker], root / "logs", timeout, token)
     except BaseException:
         stop(root)
         raise
@@ -512,6 +543,7 @@ def stop(directory: str | os.PathLike[str] = DEFAULT_DIR, purge: bool = False, g
         if state.temp_root:
             shutil.rmtree(state.temp_root, ignore_errors=True)
         (root / STATE).unlink(missing_ok=True)
+        state.token_path.unlink(missing_ok=True)
     if purge:
         shutil.rmtree(root / "s3", ignore_errors=True)
 
@@ -525,7 +557,7 @@ def status(directory: str | os.PathLike[str] = DEFAULT_DIR) -> dict[str, Any]:
         "processes": {name: _alive(pid) for name, pid in state.pids.items()},
     }  # fmt: skip
     try:
-        nodes = alive_nodes(state.dashboard_url)
+        nodes = alive_nodes(state.dashboard_url, state.token())
         out["ray_nodes"] = len(nodes)
         out["cpus"] = sum(float(n.get("resources_total", {}).get("CPU", 0)) for n in nodes)
     except (OSError, urllib.error.URLError, ValueError):
@@ -564,7 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--s3-port", type=int, help="S3 port (default 8333, or a free one)")
     sub.add_parser("status", help="processes, Ray nodes and S3 of the running cluster")
-    sub.add_parser("env", help="print `export` lines for RAY_ADDRESS, RAY_API_SERVER_ADDRESS and AWS_*")
+    sub.add_parser(
+        "env",
+        help="print `export` lines: RAY_ADDRESS, RAY_API_SERVER_ADDRESS, RAY_AUTH_* (the token file), AWS_*",
+    )
     p = sub.add_parser("stop", help="stop the processes `start` launched (only those)")
     p.add_argument("--purge", action="store_true", help="also delete the S3 data")
     args = parser.parse_args(argv)
@@ -584,8 +619,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(st, indent=1))
             return 0 if st["up"] else 1
         elif args.cmd == "env":
-            for k, v in load(args.dir).env().items():
-                print(f"export {k}={v}")
+            env = load(args.dir).env()
+            print(f"unset {auth.TOKEN_ENV}")  # it would take precedence over the cluster's token file
+            for k, v in env.items():
+                print(f"export {k}={shlex.quote(v)}")
         elif args.cmd == "stop":
             stop(args.dir, purge=args.purge)
             print("stopped")

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import ray
 
+from cluster.waiting import wait_any
 from vsp.embeddings import PaperCheck
 from vsp.mapping_stage import (
     MappingConfig,
@@ -70,8 +72,13 @@ def run_mapping_ray(
     check: PaperCheck | None = None,
     gpus_per_mlp_task: float = 0.25,
     progress: Callable[[int, int, int], None] | None = None,
+    connect: Callable[[], Any] | None = None,
 ) -> MappingSummary:
-    """Coordinator: record the run, fan the pending units out as tasks, then write Table 2."""
+    """Coordinator: record the run, fan the pending units out as tasks, then write Table 2.
+
+    ``connect()`` is called only when some unit is pending, before the first Ray call (a rerun with
+    nothing to do never starts Ray); without it, Ray must already be initialised.
+    """
     t0 = time.perf_counter()
     store = open_store(store_uri)
     data, identity = prepare(store, norms, config)
@@ -80,6 +87,8 @@ def run_mapping_ray(
     todo = pending(store, units)
     folds = 0
     if todo:
+        if connect is not None:
+            connect()
         refs_by_name = {d.name: ray.put(d) for d in data if any(u.embedding == d.name for u in todo)}
         gpu = ray.cluster_resources().get("GPU", 0) >= 1
         refs = {}
@@ -91,9 +100,9 @@ def run_mapping_ray(
             refs[ref] = len(group)
         done = 0
         while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            done += refs.pop(ready[0])
-            folds += ray.get(ready[0])
+            ref = wait_any(refs)  # in short slices: SIGTERM (`ray job stop`) is handled while we wait
+            done += refs.pop(ref)
+            folds += ray.get(ref)
             if progress:
                 progress(done, len(todo), folds)
     outputs = finish(store, check)

@@ -3,7 +3,8 @@
     python -m jobs.decode run.yaml         (or as part of ``python -m jobs.pipeline``)
 
 On Ray it fans layers out as tasks (``cluster.decode``); with ``--no-ray`` they run in this process. Layers
-whose marker exists are skipped; the aggregation and figures are rebuilt from the per-layer files.
+whose marker exists are skipped (with none left, Ray is not started); the aggregation and figures are
+rebuilt from the per-layer files.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         from cluster.decode import run_decode_ray
 
         summary = run_decode_ray(
-            ctx.store.uri, norms, config, layers_per_task=cfg.decode.layers_per_task, progress=progress
-        )
+            ctx.store.uri, norms, config, layers_per_task=cfg.decode.layers_per_task, progress=progress,
+            connect=ctx.connect,
+        )  # fmt: skip
     else:
         from vsp.decode_stage import run_decode_local
 

@@ -3,7 +3,8 @@
     python -m jobs.extract run.yaml        (or as part of ``python -m jobs.pipeline``)
 
 On Ray it runs the actor pool of ``cluster.extract`` (one actor per GPU, CPU decode tasks with backpressure);
-with ``--no-ray`` the same units run in this process. Finished units (markers) are skipped.
+with ``--no-ray`` the same units run in this process. Finished units (markers) are skipped; with none left,
+Ray is not started at all.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
         summary = run_extraction_ray(
             ctx.store.uri, records, config, concepts, n_actors=cfg.extract.actors,
-            batch_size=cfg.extract.batch_size, progress=progress,
+            batch_size=cfg.extract.batch_size, progress=progress, connect=ctx.connect,
         )  # fmt: skip
     else:
         from vsp.extract_stage import run_extraction_local

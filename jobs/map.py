@@ -3,7 +3,8 @@
     python -m jobs.map run.yaml            (or as part of ``python -m jobs.pipeline``)
 
 On Ray the grid's units run as tasks (``cluster.mapping``: one per MLP fold, one per embedding and repeat for
-kNN and ridge); with ``--no-ray`` in this process. Units whose marker exists are skipped; Table 2 is rebuilt.
+kNN and ridge); with ``--no-ray`` in this process. Units whose marker exists are skipped (with none left, Ray
+is not started); Table 2 is rebuilt.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if ctx.use_ray:
         from cluster.mapping import run_mapping_ray
 
-        summary = run_mapping_ray(ctx.store.uri, norms, config, check=check, progress=progress)
+        summary = run_mapping_ray(
+            ctx.store.uri, norms, config, check=check, progress=progress, connect=ctx.connect
+        )
     else:
         import torch
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from typing import Any
 
 from jobs.runner import StageContext, main
 
 log = logging.getLogger(__name__)
 
-MARKER = "report/done.json"
+MARKER = "report/done.json"  # vsp.report.REPORT_MARKER, written by write_report after its files
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -47,7 +46,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "csv": len(result.csv),
         "summary": result.line(),
     }
-    ctx.store.write_json(MARKER, {**counts, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    # write_report has recorded MARKER (the files with sizes and sha256) after writing them
     log.info("%s", result.line())
     return counts
 

@@ -1,9 +1,11 @@
 """The driver every job entry point shares: read the configuration, record the run, connect Ray, run stages.
 
-A job's driver is the run's coordinator: it alone writes ``run.json`` (``vsp.runmanifest``), creates the
-stages' arrays and hands units to Ray workers. Killing it loses no finished unit: every unit's marker is
-written after its data, so the next run (``vsp run``, ``vsp submit``, ``python -m jobs.pipeline``) skips
-them.
+A job's driver is the run's coordinator: it alone writes its attempt's record (``runs/attempt-<id>.json``,
+from which ``run.json`` is derived: ``vsp.runmanifest``), creates the stages' arrays and hands units to Ray
+workers. Killing it loses no finished unit: every unit's marker is written after its data, so the next run
+(``vsp run``, ``vsp submit``, ``python -m jobs.pipeline``) skips them. Ray is started (or joined) only by the
+first stage that has work for it, so a rerun with nothing left to do never starts it. The driver waits on
+Ray in short slices (``cluster.waiting``), so SIGTERM (``ray job stop``) is recorded within about a second.
 
 Exit codes of ``main``: 0 done, 1 failed, 2 bad input (a file, key or value named in the message), 3 the store
 prefix holds a run with a different configuration, 143 stopped by SIGTERM (``ray job stop``).
@@ -43,7 +45,27 @@ class StageContext:
     store: Store
     record: RunRecord
     use_ray: bool
+    address: str | None = None
     _norms: Any = field(default=None, repr=False)
+    _connected: bool = field(default=False, repr=False)
+
+    def connect(self) -> None:
+        """Join (or start) Ray on first use: a stage calls this only when it has work for Ray.
+
+        A rerun whose stages have nothing left to do therefore never starts Ray (seconds saved, and no
+        cluster needed to learn that a run is finished).
+        """
+        if self._connected:
+            return
+        connect_ray(self.address)
+        if _handler_wanted:  # ray.init installs its own SIGTERM handler (sys.exit): take it back
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        self._connected = True
+
+    @property
+    def connected(self) -> bool:
+        """Whether this run has connected Ray."""
+        return self._connected
 
     def norms(self):  # -> vsp.norms.Norms
         """The configured norms, loaded once per run (several stages need them)."""
@@ -95,12 +117,10 @@ def run_pipeline(
     store = open_store(config.store)
     record = RunRecord.begin(store, config)  # refuses a prefix holding another configuration: nothing written
     log.info("run %s: stages %s (attempt %d)", store.uri, ", ".join(config.stages), record.attempt["attempt"])
+    finished_any = False
     try:
-        if not no_ray:
-            connect_ray(address)
-            if _handler_wanted:  # ray.init installs its own SIGTERM handler (sys.exit): take it back
-                signal.signal(signal.SIGTERM, _on_sigterm)
-        ctx = StageContext(config, store, record, use_ray=not no_ray)
+        # Ray is connected lazily (ctx.connect), by the first stage that has work for it
+        ctx = StageContext(config, store, record, use_ray=not no_ray, address=address)
         for name in run_stage_list(config):
             module = STAGES.get(name)
             if module is None:
@@ -115,9 +135,19 @@ def run_pipeline(
                 _record(record.stage_failed, name, _describe(exc))
                 raise
             record.stage_finished(name, time.perf_counter() - t0, counts)
+            finished_any = True
+    except ConfigMismatchError as exc:
+        # refused by a stage's own manifest: the attempt leaves no trace unless it already finished a stage
+        if finished_any:
+            _record(record.finish, error=_describe(exc))
+        else:
+            _record(record.discard)
+        raise
     except BaseException as exc:
         _record(record.finish, error=_describe(exc))
         raise
+    if not no_ray and not ctx.connected:
+        log.info("ray: not started, no stage had work for it (nothing to do)")
     record.finish()
     return record
 
@@ -143,8 +173,19 @@ def root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1] if text else ''}".strip()
 
 
+def stop_requested(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or wraps, the SIGTERM handler's StopRequested (C code wraps it in SystemError)."""
+    seen = set()
+    while isinstance(exc, BaseException) and id(exc) not in seen:
+        if isinstance(exc, StopRequested):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, StopRequested) or (isinstance(exc, SystemExit) and exc.code == signal.SIGTERM):
+    if stop_requested(exc) or (isinstance(exc, SystemExit) and exc.code == signal.SIGTERM):
         return "stopped (SIGTERM)"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
@@ -185,9 +226,10 @@ def main(stage: str | None = None, argv: Sequence[str] | None = None) -> int:
     if stage is None:
         parser.add_argument("--stages", help="comma-separated subset of the configuration's stages")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details and tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -211,9 +253,17 @@ def main(stage: str | None = None, argv: Sequence[str] | None = None) -> int:
         print("stopped: SIGTERM received; finished units are kept, rerun to resume", file=sys.stderr)
         return 143
     except Exception as exc:  # noqa: BLE001 - report any failure in one line after its traceback
-        log.exception("run failed")
-        print(f"error: {root_cause(exc)}; finished units are kept, rerun to resume", file=sys.stderr)
-        return 1
+        if stop_requested(exc):  # raised by the handler inside a C extension, which wrapped it
+            print("stopped: SIGTERM received; finished units are kept, rerun to resume", file=sys.stderr)
+            return 143
+        from vsp.cli.errors import EXIT_INTERNAL, describe
+
+        code, msg = describe(exc)
+        log.debug("run failed", exc_info=True)  # the traceback with --verbose; one line otherwise
+        if code == EXIT_INTERNAL:
+            log.error("run failed: %s (rerun with --verbose for the traceback)", root_cause(exc))
+        print(f"error: {msg}; finished units are kept, rerun to resume", file=sys.stderr)
+        return code
     print(format_progress(store_progress(open_store(config.store))))
     return 0
 

@@ -6,8 +6,8 @@ Why the DevTools protocol over a pipe (``--remote-debugging-pipe``) and not ``--
   unless the page carries a checking script, and the report must stay script-free. A screenshot would need a
   second launch.
 - The DevTools protocol sees everything (``Runtime.exceptionThrown``, ``Runtime.consoleAPICalled``,
-  ``Log.entryAdded`` for network/CSP/resource errors), evaluates ``naturalWidth`` of every image after the
-  load event, and takes the full-page screenshot in the same session.
+  ``Log.entryAdded`` for network/CSP/resource errors), evaluates ``naturalWidth`` of every image and the
+  cells of every data table after the load event, and takes the full-page screenshot in the same session.
 - Over a pipe (file descriptors 3 and 4, NUL-separated JSON messages; the transport Puppeteer and Playwright
   use) it needs no extra Python package (no ``websocket-client``, no Playwright and its browser download) and
   no TCP port, so parallel test runs cannot collide.
@@ -52,6 +52,16 @@ _IMAGES_JS = """JSON.stringify(Array.from(document.images).map(i => ({
   alt: i.alt, complete: i.complete, naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight,
   src: (i.currentSrc || i.src).slice(0, 40)})))"""
 
+# Evaluated in the page after the load event: every <table class="data"> with its section, header rows (text
+# and colspan of each cell) and body rows (tag, class and text of each cell), as the DOM holds them.
+_TABLES_JS = """JSON.stringify(Array.from(document.querySelectorAll('table.data')).map(t => ({
+  section: (t.closest('section') || {}).id || '',
+  head: Array.from(t.tHead ? t.tHead.rows : []).map(r => Array.from(r.cells).map(c => ({
+    text: c.textContent, span: c.colSpan}))),
+  body: Array.from(t.tBodies).flatMap(b => Array.from(b.rows)).map(r => ({cls: r.className,
+    cells: Array.from(r.cells).map(c => ({tag: c.tagName.toLowerCase(), cls: c.className,
+      text: c.textContent}))}))})))"""
+
 
 def find_chromium() -> str | None:
     """``$CHROMIUM``, else ``chromium`` / ``chromium-browser`` / ``google-chrome`` on PATH."""
@@ -85,6 +95,7 @@ class PageCheck:
     loaded: bool
     errors: list[str] = field(default_factory=list)  # console errors, exceptions, failed loads
     images: list[dict[str, Any]] = field(default_factory=list)
+    tables: list[dict[str, Any]] = field(default_factory=list)  # every table.data: section, head, body
     screenshot: bytes | None = None
     title: str = ""
 
@@ -238,6 +249,8 @@ def check_page(
         loaded = pipe.wait_event("Page.loadEventFired", timeout=timeout) is not None
         res = pipe.send("Runtime.evaluate", {"expression": _IMAGES_JS, "returnByValue": True}, session=sid)
         images = json.loads(res.get("result", {}).get("value", "[]"))
+        res = pipe.send("Runtime.evaluate", {"expression": _TABLES_JS, "returnByValue": True}, session=sid)
+        tables = json.loads(res.get("result", {}).get("value", "[]"))
         title = pipe.send(
             "Runtime.evaluate", {"expression": "document.title", "returnByValue": True}, session=sid
         )
@@ -271,6 +284,7 @@ def check_page(
             loaded=loaded,
             errors=errors,
             images=images,
+            tables=tables,
             screenshot=base64.b64decode(shot["data"]),
             title=title.get("result", {}).get("value", ""),
         )

@@ -185,5 +185,7 @@ def test_local_cluster_command_lines_stay_on_loopback(tmp_path, monkeypatch):
     assert f"--address={c.ray_address}" in worker and "--node-ip-address=127.0.0.1" in worker
     assert c.ray_address.startswith("127.0.0.1:") and c.dashboard_url.startswith("http://127.0.0.1:")
     for env in (head_env, worker_env):
-        assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" and env["RAY_AUTH_MODE"] == "disabled"
-    assert c.env()["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+        assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" and env["RAY_AUTH_MODE"] == "token"
+        assert env["RAY_AUTH_TOKEN_PATH"] == str(c.token_path)
+    assert c.env()["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" and c.env()["RAY_AUTH_MODE"] == "token"
+    assert c.token_path.stat().st_mode & 0o777 == 0o600  # the token: its owner's only

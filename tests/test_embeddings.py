@@ -188,3 +188,71 @@ def test_paper_check_explains_why_the_paper_column_is_omitted(built, norms):
     assert not check.images and not check.text
     assert "ImageNet" in check.image_reason and "638" in check.text_reason
     assert "omitted" in check.note()
+
+
+def test_1ton_scales_the_last_two_layers_with_unit_betas_and_records_them(built):
+    """The paper's 1ToN: sources x1, x5, x10 (as for the SVD), betas 1, both recorded in the marker."""
+    from vsp.meta import onetoN_meta
+
+    store = open_store(built[0])
+    fs = FeatureStore(store)
+    layers = [fs.read("netA", n) for n in ("conv1", "conv2", "conv3")]
+    marker = store.read_json(marker_path("netA/1ton"))
+    assert marker["weighting"] == "scale"
+    assert marker["scales"] == [1.0, 5.0, 10.0] and marker["betas"] == [1.0, 1.0, 1.0]
+    emb = read_embedding(store, "netA/1ton")
+    # by hand: the sources multiplied by 1, 5, 10, trained with every beta 1 and no further scaling
+    ref = onetoN_meta(
+        [s * x for s, x in zip((1.0, 5.0, 10.0), layers, strict=True)],
+        k=5, epochs=60, seed=0, betas=[1.0] * 3, scales=[1.0] * 3, device="cpu",
+    )  # fmt: skip
+    np.testing.assert_allclose(emb.matrix, ref.embeddings, atol=1e-5)
+
+
+def test_1ton_weighting_is_an_option_and_part_of_the_identity(tmp_path, built, world, norms):
+    from vsp.embeddings import ONETON_WEIGHTINGS
+    from vsp.meta import ONETON_WEIGHTINGS as META_WEIGHTINGS
+
+    assert ONETON_WEIGHTINGS == META_WEIGHTINGS
+    assert MetaConfig().onetoN_weighting == "scale" and MetaConfig().to_json()["onetoN_weighting"] == "scale"
+    with pytest.raises(VspInputError, match="onetoN_weighting"):
+        MetaConfig(onetoN_weighting="both")
+    store = copy(built[0], tmp_path / "s")
+    beta = MetaConfig(text=str(world.text_vectors_path), onetoN_weighting="beta", **FAST)
+    with pytest.raises(ConfigMismatchError, match="onetoN_weighting"):  # a store is refused, never mixed
+        run_meta_local(store, beta, norms)
+    # an existing store of the old (betas) code records no weighting: refused too
+    man = store.read_json("meta/manifest.json")
+    del man["identity"]["config"]["onetoN_weighting"]
+    store.write_json("meta/manifest.json", man)
+    with pytest.raises(ConfigMismatchError, match="onetoN_weighting"):
+        run_meta_local(store, MetaConfig(text=str(world.text_vectors_path), **FAST), norms)
+    # the option: 5 and 10 in the betas on unscaled sources
+    fresh = open_store(tmp_path / "beta")
+    make_features(tmp_path / "beta", world.concepts)
+    run_meta_local(fresh, MetaConfig(kinds=("1ton",), onetoN_weighting="beta", **FAST))
+    marker = fresh.read_json(marker_path("netA/1ton"))
+    assert marker["weighting"] == "beta"
+    assert marker["scales"] == [1.0, 1.0, 1.0] and marker["betas"] == [1.0, 5.0, 10.0]
+    assert not np.allclose(
+        read_embedding(fresh, "netA/1ton").matrix, read_embedding(store, "netA/1ton").matrix
+    )
+
+
+def test_run_file_and_cli_options_for_the_1ton_weighting(tmp_path, world):
+    from typer.testing import CliRunner
+
+    from vsp.cli import app
+    from vsp.runconfig import RunConfig
+
+    cfg = RunConfig.from_dict(
+        {"store": str(tmp_path), "stages": ["meta"], "meta": {"onetoN_weighting": "beta"}}
+    )
+    assert cfg.meta_config().onetoN_weighting == "beta"
+    assert cfg.stage_identity("meta")["meta"]["onetoN_weighting"] == "beta"
+    default = RunConfig.from_dict({"store": str(tmp_path), "stages": ["meta"]})
+    assert default.meta_config().onetoN_weighting == "scale"
+    with pytest.raises(VspInputError, match="meta.onetoN_weighting"):
+        RunConfig.from_dict({"store": str(tmp_path), "stages": ["meta"], "meta": {"onetoN_weighting": "x"}})
+    res = CliRunner().invoke(app, ["meta", "--store", str(tmp_path / "c"), "--onetoN-weighting", "x"])
+    assert res.exit_code == 2 and "--onetoN-weighting" in res.output

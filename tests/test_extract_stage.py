@@ -91,3 +91,39 @@ def test_unreadable_image_is_skipped_and_recorded(tmp_path, world):
     assert marker["skipped"][0]["uri"].endswith(victim.name)
     _, counts = FeatureStore(store).read_images("alexnet", "features.0")
     assert counts.tolist() == [1, 2, 2, 2, 2]
+
+
+def test_concept_without_readable_image_is_dropped_before_anything_is_created(tmp_path, world, caplog):
+    """Only image of a concept is corrupt: the concept is left out with a named warning, recorded in the
+    manifest; the other concepts' features equal a run without that concept."""
+    import shutil
+
+    from vsp.features import MANIFEST
+    from vsp.images import ImageRecord
+
+    root = tmp_path / "images"
+    shutil.copytree(world.images_root, root)
+    victim = sorted(p.name for p in root.iterdir() if p.is_dir())[1]
+    for f in (root / victim).iterdir():
+        f.write_bytes(b"not an image")
+    store = open_store(tmp_path / "store")
+    with caplog.at_level("WARNING"):
+        summary = run_extraction_local(store, build_manifest(root), CONFIG)
+    assert victim in caplog.text and "no readable image" in caplog.text
+    assert summary.dropped_concepts == [victim] and "1 concepts without a readable image" in summary.line()
+    man = store.read_json(MANIFEST)
+    assert list(man["dropped_concepts"]) == [victim]
+    assert victim not in man["identity"]["concepts"]
+    fs = FeatureStore(store)
+    assert fs.complete()
+    # the same as a run that never had the concept
+    clean = [ImageRecord(r.concept, r.uri) for r in build_manifest(world.images_root) if r.concept != victim]
+    ref = open_store(tmp_path / "ref")
+    run_extraction_local(ref, clean, CONFIG)
+    a, b = all_arrays(fs), all_arrays(FeatureStore(ref))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    # a rerun keeps the recorded drop without reading the images again, and has nothing to do
+    again = run_extraction_local(store, build_manifest(root), CONFIG)
+    assert again.units_run == 0

@@ -18,7 +18,7 @@ import yaml
 
 from vsp.decode_stage import read_results
 from vsp.features import DONE, MANIFEST, FeatureStore
-from vsp.runmanifest import RUN_JSON, read_run
+from vsp.runmanifest import RUN_JSON, RUNS, read_run
 from vsp.store import open_store
 from vsp.synthetic import generate_world
 
@@ -69,7 +69,11 @@ def cluster(s3_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     c = local.start(root, worker_cpus=2, s3=False, gcs_port=gcs, dashboard_port=dash, env=env, timeout=120)
     try:
-        yield c
+        with pytest.MonkeyPatch.context() as mp:  # the cluster's token, for the Jobs / state API clients here
+            for k, v in c.env().items():
+                if k.startswith("RAY_AUTH_"):
+                    mp.setenv(k, v)
+            yield c
     finally:
         pids = list(c.pids.values())
         local.stop(root)
@@ -180,7 +184,8 @@ def test_driver_killed_mid_run_then_rerun_recomputes_nothing_finished(
     done = unit_ids(before)
     assert 3 <= len(done) < N_UNITS, f"{len(done)} units done when the driver was killed"
     assert_units_equal(store, reference, done)  # every unit marked done holds its full data
-    assert read_run(store)["attempts"][0]["status"] == "running"  # the killed attempt never closed
+    # the killed attempt never closed its record; its driver is gone from this host, so it reads "lost"
+    assert read_run(store)["attempts"][0]["status"] == "lost"
 
     proc = start_driver(cfg, cluster, log)
     assert finish(proc, log) == 0, log.read_text()[-4000:]
@@ -289,7 +294,9 @@ def test_other_configuration_on_same_prefix_is_refused(cluster, world, s3_uri, t
     first = write_config(tmp_path / "a.yaml", world, s3_uri, unit_size=8)
     run_pipeline(load_run_config(first), no_ray=True)
     snapshot = {
-        k: store.read_bytes(k) for k in store.list("") if k == RUN_JSON or k.startswith("features/done")
+        k: store.read_bytes(k)
+        for k in store.list("")
+        if k == RUN_JSON or k.startswith(("features/done", f"{RUNS}/"))
     }
     snapshot[MANIFEST] = store.read_bytes(MANIFEST)
 
@@ -300,10 +307,15 @@ def test_other_configuration_on_same_prefix_is_refused(cluster, world, s3_uri, t
     assert "run.json holds a run with a different configuration (differs in extract: extract.seed)" in text
     assert "use a new store prefix" in text
 
-    store.delete(RUN_JSON)  # even without run.json, the feature manifest refuses
+    for key, data in snapshot.items():
+        assert store.read_bytes(key) == data, f"{key} changed"  # run.json and the attempts' records too
+
+    for key in [RUN_JSON, *store.list(RUNS)]:  # even without the run's record, the feature manifest refuses
+        store.delete(key)
     log2 = tmp_path / "driver2.log"
     assert finish(start_driver(other, cluster, log2), log2, 120) == 3
     assert "holds a different extraction run (differs in: config.seed" in log2.read_text()
+    assert not store.exists(RUN_JSON) and store.list(RUNS) == []  # the refused run left no record
     for key, data in snapshot.items():
-        if key != RUN_JSON:
+        if key != RUN_JSON and not key.startswith(f"{RUNS}/"):
             assert store.read_bytes(key) == data, f"{key} changed"

@@ -92,3 +92,48 @@ def test_marker_only_after_data(tmp_path, monkeypatch):
         fs.write_unit(plan, res)
     assert not fs.is_done(0)
     assert fs.pending_units(plan) == [0, 1, 2]
+
+
+def test_a_model_group_opens_as_one_labelled_xarray_dataset(tmp_path):
+    xr = pytest.importorskip("xarray")
+    plan = make_plan()
+    store = open_store(tmp_path)
+    fs = FeatureStore(store)
+    fs.create(plan)
+    rng = np.random.default_rng(0)
+    for u in range(len(plan.units)):
+        fs.write_unit(plan, unit_result(plan, u, rng)[0])
+    ds = xr.open_zarr(str(tmp_path / "features" / "features.zarr"), group="net", consolidated=False)
+    assert list(ds["concept"].values) == plan.concepts
+    assert ds["conv1"].dims == ("concept", "channel_conv1")
+    assert ds["penultimate"].dims == ("concept", "channel_penultimate")
+    np.testing.assert_array_equal(ds["conv1"].sel(concept="c3").values, fs.read("net", "conv1")[3])
+    api = fs.dataset("net", images=True)
+    assert api["conv1"].dims == ("concept", "image", "channel_conv1")
+    assert api["uri"].sel(concept="c2").values.tolist() == ["/img/c2/0.png", "/img/c2/1.png", "/img/c2/2.png"]
+    assert api["uri"].sel(concept="c0").values.tolist() == ["/img/c0/0.png", "", ""]
+    np.testing.assert_array_equal(api["conv1"].values, fs.read_images("net", "conv1")[0])
+
+
+def test_creation_never_destroys_and_refuses_other_metadata(tmp_path):
+    """A second create on written data leaves every chunk; an array with other metadata is refused."""
+    import zarr
+
+    plan = make_plan()
+    store = open_store(tmp_path)
+    fs = FeatureStore(store)
+    fs.create(plan)
+    rng = np.random.default_rng(0)
+    fs.write_unit(plan, unit_result(plan, 0, rng)[0])
+    before = {k: store.read_bytes(k) for k in store.list("features")}
+    store.delete("features/layout.json")  # as if the first driver had died before recording its layout
+    assert fs.create(plan) is False
+    after = {k: store.read_bytes(k) for k in store.list("features") if k != "features/layout.json"}
+    assert after == {k: v for k, v in before.items() if k != "features/layout.json"}
+    assert fs.done_units() == {0}
+    # someone replaced one array with another shape: refused, nothing rewritten
+    root = zarr.open_group(store=store.zarr_store("features/features.zarr"), mode="r+", zarr_format=3)
+    root["net"].create_array("conv1", shape=(5, 4), chunks=(2, 4), dtype="float32", overwrite=True)
+    store.delete("features/layout.json")
+    with pytest.raises(ConfigMismatchError, match="conv1 exists with other metadata"):
+        fs.create(plan)

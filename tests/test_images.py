@@ -109,7 +109,9 @@ def test_manifest_from_parquet(tree: Path) -> None:
     path.parent.mkdir()
     pq.write_table(pa.table({"concept": ["cat", "apple"], "uri": ["../cat/c1.png", "../apple/x.png"]}), path)
     root = tree.resolve()
-    assert build_manifest(str(path)) == [
+    with pytest.raises(VspInputError, match=r"m\.parquet.*row 1.*--follow-links"):
+        build_manifest(str(path))  # `..` leaves the manifest's folder: refused unless asked for
+    assert build_manifest(str(path), follow_links=True) == [
         ImageRecord("apple", str(root / "apple" / "x.png")),
         ImageRecord("cat", str(root / "cat" / "c1.png")),
     ]
@@ -170,7 +172,9 @@ def test_manifest_from_s3_prefix_and_s3_csv(request: pytest.FixtureRequest, tree
     assert batch.tensor.shape == (6, 3, 224, 224) and not batch.errors
 
     store.write_bytes("lists/m.csv", b"concept,uri\ncat,../cat/c1.png\napple,../apple/x.png\n")
-    from_csv = build_manifest(f"{base}/lists/m.csv")
+    with pytest.raises(VspInputError, match=r"m\.csv.*row 1.*--follow-links"):
+        build_manifest(f"{base}/lists/m.csv")
+    from_csv = build_manifest(f"{base}/lists/m.csv", follow_links=True)
     assert from_csv == [ImageRecord("apple", f"{base}/apple/x.png"), ImageRecord("cat", f"{base}/cat/c1.png")]
     assert load_image(from_csv[0].uri).mode == "RGB"
 
@@ -360,3 +364,223 @@ def test_decode_batch_skips_bad_files(mixed: Path) -> None:
     assert empty.tensor.shape == (0, 3, 224, 224) and empty.ok == [] and empty.errors == []
     tensor, ok, errors = decode_batch([records[0].uri])
     assert tensor.shape == (1, 3, 224, 224) and ok == [0] and errors == []
+
+
+# ------------------------------------------------------------------------------- hostile or broken inputs
+def _bilevel_png(width: int, height: int) -> bytes:
+    """A white 1-bit PNG of any size, written row by row: a few KB on disk, width x height pixels decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\x00" + b"\xff" * ((width + 7) // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's backstop, above 89 MP
+def test_oversize_image_is_skipped_from_its_header_quickly_and_cheaply(tmp_path: Path) -> None:
+    import time
+
+    folder = tmp_path / "bombs" / "cat"
+    folder.mkdir(parents=True)
+    bomb = folder / "bomb.png"
+    bomb.write_bytes(_bilevel_png(13000, 13000))  # 169 MP: 1.3 GB as RGB float, under 100 KB on disk
+    assert bomb.stat().st_size < 100_000
+    (folder / "ok.png").write_bytes(_png(_rgb()))
+    records = build_manifest(tmp_path / "bombs")
+    decode_batch(records[1:])  # warm up (torchvision's import) so that only the bomb is timed
+    before, t0 = _peak_rss_mib(), time.perf_counter()
+    batch = decode_batch(records, max_workers=2)
+    elapsed, grew = time.perf_counter() - t0, _peak_rss_mib() - before
+    assert batch.ok == [1] and batch.tensor.shape == (1, 3, 224, 224)
+    ((i, reason),) = batch.errors
+    assert i == 0 and "bomb.png" in reason
+    assert "too large" in reason and "13000x13000" in reason and "40,000,000" in reason
+    assert elapsed < 3, f"{elapsed:.2f}s: the header check should not decode (a full decode takes ~10 s)"
+    assert grew < 50, f"peak RSS grew by {grew:.0f} MiB"
+    report = validate(records)  # `vsp images validate` reports it like any unreadable file
+    assert report.bad_uris == [str(bomb.resolve())] and "13000x13000" in report.unreadable[0].reason
+    assert "40,000,000" in report.to_text()
+
+
+def test_pixel_cap_is_a_parameter_and_an_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vsp.images import DEFAULT_MAX_IMAGE_PIXELS, max_image_pixels
+
+    monkeypatch.delenv("VSP_MAX_IMAGE_PIXELS", raising=False)
+    assert max_image_pixels() == DEFAULT_MAX_IMAGE_PIXELS == 40_000_000
+    data = _png(_rgb(size=(100, 80)))  # 8,000 pixels
+    with pytest.raises(
+        VspInputError, match=r"pic\.png: image too large: 100x80 = 8,000 pixels.*cap of 5,000"
+    ):
+        load_image(data, name="pic.png", max_pixels=5000)
+    assert load_image(data, max_pixels=8000).size == (100, 80)  # the cap is inclusive
+    path = tmp_path / "pic.png"
+    path.write_bytes(data)
+    monkeypatch.setenv("VSP_MAX_IMAGE_PIXELS", "5000")
+    assert max_image_pixels() == 5000
+    with pytest.raises(VspInputError, match="cap of 5,000 pixels"):
+        load_image(path)
+    batch = decode_batch([ImageRecord("cat", str(path))])
+    assert batch.ok == [] and "cap of 5,000 pixels" in batch.errors[0][1]
+    assert (
+        validate([ImageRecord("cat", str(path))], max_workers=1)
+        .unreadable[0]
+        .reason.startswith("image too large: 100x80")
+    )
+    assert load_image(path, max_pixels=0).size == (100, 80)  # the parameter wins; 0: no cap of vsp's own
+    monkeypatch.setenv("VSP_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(VspInputError, match=r"VSP_MAX_IMAGE_PIXELS.*'lots'"):
+        decode_batch([ImageRecord("cat", str(path))])  # a bad setting is an error, not a skipped image
+    monkeypatch.delenv("VSP_MAX_IMAGE_PIXELS")
+    # beyond PIL's own hard limit (2 x PIL.Image.MAX_IMAGE_PIXELS) PIL refuses in Image.open already:
+    # the reason is worded the same way
+    with pytest.raises(VspInputError, match=r"huge\.png: image too large: 196,000,000 pixels.*40,000,000"):
+        load_image(_bilevel_png(14000, 14000), name="huge.png")
+
+
+def test_jpeg_draft_only_for_images_much_larger_than_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vsp import images
+    from vsp.images import RESIZE
+
+    assert images.DRAFT_MIN_PIXELS > 4032 * 3024  # a 12 MP phone photo decodes in full
+    rng = np.random.default_rng(0)
+    photo = _jpeg(Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)))
+    full = Image.open(io.BytesIO(photo)).convert("RGB")
+    assert np.array_equal(np.asarray(load_image(photo)), np.asarray(full))  # bit-identical
+
+    monkeypatch.setattr(images, "DRAFT_MIN_PIXELS", 1_000_000)
+    yy, xx = np.mgrid[0:1600, 0:2100]
+    smooth = np.stack([xx * 255 // 2100, yy * 255 // 1600, (xx + yy) * 255 // 3700], axis=-1)
+    big = _jpeg(Image.fromarray(smooth.astype(np.uint8)))
+    drafted = load_image(big)
+    assert drafted.size == (1050, 800) and min(drafted.size) >= 2 * RESIZE  # DCT-scaled by 2, not further
+    reference = preprocess(Image.open(io.BytesIO(big)).convert("RGB"))
+    torch.testing.assert_close(preprocess(drafted), reference, atol=0.05, rtol=0)
+    assert load_image(_png(Image.fromarray(smooth.astype(np.uint8)))).size == (2100, 1600)  # JPEG only
+
+
+def test_symlinks_leaving_the_image_root_are_refused_unless_asked(tree: Path, tmp_path: Path) -> None:
+    root = tree.resolve()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(_png(_rgb()))
+    (tree / "cat" / "alias.png").symlink_to(tree / "apple" / "x.png")  # stays inside the root: fine
+    assert ImageRecord("cat", str(root / "cat" / "alias.png")) in build_manifest(tree)
+
+    evil = tree / "cat" / "more" / "evil.png"
+    evil.symlink_to(outside / "secret.png")
+    with pytest.raises(
+        VspInputError, match=r"evil\.png.*secret\.png.*outside the image root.*--follow-links"
+    ):
+        build_manifest(tree)
+    assert ImageRecord("cat", str(root / "cat" / "more" / "evil.png")) in build_manifest(
+        tree, follow_links=True
+    )
+    evil.unlink()
+
+    (tree / "dog").symlink_to(outside, target_is_directory=True)  # a concept folder that is a link
+    with pytest.raises(VspInputError, match=r"dog.*outside the image root.*--follow-links"):
+        build_manifest(tree)
+    assert ImageRecord("dog", str(root / "dog" / "secret.png")) in build_manifest(tree, follow_links=True)
+    (tree / "dog").unlink()
+
+    (tree / "cat" / "sub").symlink_to(outside, target_is_directory=True)  # a linked sub-folder
+    with pytest.raises(VspInputError, match=r"sub.*--follow-links"):
+        build_manifest(tree)
+    assert ImageRecord("cat", str(root / "cat" / "sub" / "secret.png")) in build_manifest(
+        tree, follow_links=True
+    )
+    (tree / "cat" / "sub").unlink()
+
+    (tree / "cat" / "loop").symlink_to(tree / "cat", target_is_directory=True)  # a cycle inside the root
+    assert not [r for r in build_manifest(tree) if "/loop/" in r.uri]
+
+
+def test_manifest_uris_that_leave_its_folder_are_refused_unless_asked(tree: Path, tmp_path: Path) -> None:
+    root = tree.resolve()
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(_png(_rgb()))
+    csv = tree / "m.csv"
+    rows = {"concept": ["cat", "dog", "dog"], "uri": ["cat/c1.png", str(secret), "s3://bkt/p/d.png"]}
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    explicit = [
+        ImageRecord("cat", str(root / "cat" / "c1.png")),
+        ImageRecord("dog", str(secret)),  # absolute paths and s3:// uris: written out, so allowed
+        ImageRecord("dog", "s3://bkt/p/d.png"),
+    ]
+    assert build_manifest(csv) == explicit
+
+    pd.DataFrame({"concept": [*rows["concept"], "cow"], "uri": [*rows["uri"], "../secret.png"]}).to_csv(
+        csv, index=False
+    )
+    with pytest.raises(VspInputError, match=r"m\.csv.*row 4.*\.\./secret\.png.*--follow-links"):
+        build_manifest(csv)
+    assert build_manifest(csv, follow_links=True) == sorted([ImageRecord("cow", str(secret)), *explicit])
+
+    (tree / "link").symlink_to(tmp_path, target_is_directory=True)  # relative, but through a link outside
+    pd.DataFrame({"concept": ["cow"], "uri": ["link/secret.png"]}).to_csv(csv, index=False)
+    with pytest.raises(VspInputError, match=r"m\.csv.*row 1.*link/secret\.png.*--follow-links"):
+        build_manifest(csv)
+    assert build_manifest(csv, follow_links=True) == [ImageRecord("cow", str(root / "link" / "secret.png"))]
+
+
+def test_cli_follow_links(tree: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from vsp.cli import app
+
+    runner = CliRunner()
+    (tmp_path / "secret.png").write_bytes(_png(_rgb()))
+    (tree / "cat" / "evil.png").symlink_to(tmp_path / "secret.png")
+    res = runner.invoke(app, ["images", "validate", "--images", str(tree)])
+    assert res.exit_code == 2 and "evil.png" in res.output and "--follow-links" in res.output
+    res = runner.invoke(app, ["images", "validate", "--images", str(tree), "--follow-links", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["n_images"] == 7
+    args = [
+        "extract",
+        "--images",
+        str(tree),
+        "--store",
+        str(tmp_path / "s"),
+        "--weights",
+        "random",
+        "--no-ray",
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "evil.png" in res.output and "--follow-links" in res.output
+    res = runner.invoke(app, [*args, "--follow-links", "--norms", str(tmp_path / "no-norms.dat")])
+    assert res.exit_code == 2 and "no-norms.dat" in res.output  # past the manifest, stopped by the norms
+    assert not (tmp_path / "s").exists()
+
+
+def test_devices_and_pipes_are_refused_not_read(tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "imgs" / "cat"
+    folder.mkdir(parents=True)
+    pipe = folder / "pipe.png"
+    os.mkfifo(pipe)  # opening it for reading would block until someone writes
+    (folder / "ok.png").write_bytes(_png(_rgb()))
+    with pytest.raises(VspInputError, match=r"pipe\.png: not a regular file"):
+        load_image(pipe)
+    with pytest.raises(VspInputError, match=r"/dev/zero: not a regular file"):
+        load_image("/dev/zero")  # an absolute uri of a manifest: reading it would never end
+    report = validate(build_manifest(tmp_path / "imgs"), max_workers=1)
+    assert report.bad_uris == [str(pipe.resolve())]
+    assert report.unreadable[0].reason.startswith("not a regular file")

@@ -186,14 +186,15 @@ def test_submission_runtime_env_ships_code_and_configuration(tmp_path, world):
     from cluster import jobs_client
 
     cfg = load_run_config(write_config(tmp_path / "run.yaml", world, "s3://bucket/runs/r1"))
-    env = jobs_client.runtime_env(cfg)
-    assert env["working_dir"] == str(REPO)
-    assert {".git", ".venv", "tests", "demo-run", "**/__pycache__"} <= set(env["excludes"])
+    with jobs_client.staged_project() as staged:
+        env = jobs_client.runtime_env(cfg, staged)
+        assert env["working_dir"] == str(staged) and (staged / "jobs" / "pipeline.py").is_file()
+        assert not (staged / "tests").exists() and not (staged / ".git").exists()  # an allowlist is shipped
     assert RunConfig.from_dict(json.loads(env["env_vars"][ENV_VAR])).to_dict() == cfg.to_dict()
     assert not any("AWS_" in k for k in env["env_vars"])  # credentials never travel with a job
     assert jobs_client.entrypoint() == "python -m jobs.pipeline"
     assert jobs_client.entrypoint(["extract"]) == "python -m jobs.pipeline --stages extract"
-    installed = jobs_client.runtime_env(cfg, working_dir=False, pip=["some-extra==1.0"])
+    installed = jobs_client.runtime_env(cfg, working_dir=None, pip=["some-extra==1.0"])
     assert "working_dir" not in installed and installed["pip"] == ["some-extra==1.0"]
 
 

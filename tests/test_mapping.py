@@ -152,3 +152,21 @@ def test_evaluate_rows_and_summary():
     assert s["hit5"] == pytest.approx(100 * hits / 48)
     with pytest.raises(VspInputError, match="unknown mapper"):
         evaluate(x, y, "svm")
+
+
+def test_inner_folds_are_clamped_to_the_training_concepts_and_recorded():
+    # 5 concepts in 5 outer folds: 4 training concepts per fold, fewer than the 5 inner folds asked for
+    x, y = _data(n=5)
+    rows = evaluate(x, y, "ridge", repeats=1, folds=5, seed=0, grid={"alpha": [0.1, 10.0]}, inner_folds=5)
+    assert len(rows) == 5 and [r["inner_folds"] for r in rows] == [4] * 5
+    x, y = _data(n=40)
+    sp = split_plan(len(x), repeats=1, folds=5, seed=0)[0]
+    row = run_fold(x, y, "ridge", sp.train, sp.test, sp.seed, grid={"alpha": [0.1, 10.0]})
+    assert row["inner_folds"] == 5
+    assert run_fold(x, y, "knn", sp.train, sp.test, sp.seed)["inner_folds"] == 0  # nothing to tune
+
+
+def test_inner_cv_refuses_one_training_concept_naming_the_numbers():
+    x, y = _data(n=4)
+    with pytest.raises(VspInputError, match=r"1 training concept.*5 inner folds"):
+        run_fold(x, y, "ridge", np.array([0]), np.array([1, 2, 3]), grid={"alpha": [0.1, 10.0]})

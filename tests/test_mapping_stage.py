@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
@@ -19,6 +20,7 @@ from vsp.mapping_stage import (
     MappingConfig,
     align,
     plan_units,
+    prepare,
     read_rows,
     run_mapping_local,
     table2_text,
@@ -80,7 +82,7 @@ def test_units_schema_table2_and_equality_with_evaluate(tmp_path, meta_store, no
     for _, g in rows[(rows["embedding"] == "text") & (rows["mapper"] == "knn")].groupby("repeat"):
         assert sorted(c for tc in g["test_concepts"] for c in tc) == sorted(norms.concepts)
     t2 = store.read_parquet(TABLE2).to_pandas()
-    assert t2.shape == (9, 9)
+    assert t2.shape == (9, 10)
     assert {
         "embedding",
         "mapper",
@@ -91,6 +93,7 @@ def test_units_schema_table2_and_equality_with_evaluate(tmp_path, meta_store, no
         "hit5",
         "hit10",
         "hit20",
+        "meta_fit",
     } == set(t2)
     assert (t2["n_folds"] == 6).all() and (t2["n_concepts"] == 12).all()
     # the stage's numbers are vsp.mapping.evaluate's
@@ -207,3 +210,178 @@ def test_cli_text_only_meta_map_similarity(tmp_path, world):
     assert pa.types.is_string(
         open_store(store).read_parquet("similarity/table3.parquet").schema.field("embedding").type
     )
+
+
+# ------------------------------------------------------- meta_fit: transductive (all) / inductive (train)
+FIT = {"repeats": 1, "folds": 3, "mappers": ("knn", "ridge"), "ridge_alphas": (1.0,)}
+SOURCES = ("conv1", "conv2", "conv3")
+
+
+@pytest.fixture(scope="module")
+def meta_all(tmp_path_factory, world, norms):
+    """Features + penultimate, SVD, 1ToN, text and the multimodal embeddings."""
+    path = tmp_path_factory.mktemp("meta_all")
+    make_features(path, world.concepts)
+    run_meta_local(open_store(path), MetaConfig(text=str(world.text_vectors_path), **FAST), norms)
+    return path
+
+
+def _sources(store, concepts):
+    from vsp.features import FeatureStore
+
+    fs = FeatureStore(store)
+    index = {c: i for i, c in enumerate(fs.concepts())}
+    rows = [index[c] for c in concepts]
+    return [fs.read("netA", n)[rows] for n in SOURCES]
+
+
+def _by_name(data):
+    return {d.name: d for d in data}
+
+
+def test_default_meta_fit_is_all_unchanged_and_said_in_table2(tmp_path, meta_all, norms):
+    from types import SimpleNamespace
+
+    from vsp.report import _meta_fit_note
+
+    store = copy(meta_all, tmp_path / "s")
+    config = MappingConfig(embeddings=("netA/svd", "text"), **FIT)
+    assert config.meta_fit == "all" and config.identity()["meta_fit"] == "all"
+    data, identity = prepare(store, norms, config)
+    assert identity["config"]["meta_fit"] == "all" and all(d.refit is None for d in data)
+    run_mapping_local(store, norms, config)
+    # the stored embedding is mapped as it is (the same numbers as vsp.mapping.evaluate on it)
+    d = _by_name(data)["netA/svd"]
+    ref = mapping.summarise(mapping.evaluate(d.X, d.Y, "knn", "netA/svd", repeats=1, folds=3, seed=0))[0]
+    t2 = store.read_parquet(TABLE2).to_pandas().set_index(["embedding", "mapper"])
+    assert t2.loc[("netA/svd", "knn"), "hit5"] == pytest.approx(ref["hit5"])
+    assert t2.loc[("netA/svd", "knn"), "meta_fit"] == "all" and pd.isna(t2.loc[("text", "knn"), "meta_fit"])
+    assert not store.list("mapping/meta_fit")
+    text = table2_text(store)
+    assert "meta-embeddings: " in text and "transductive" in text and "--meta-fit train" in text
+    assert "transductive" in _meta_fit_note(SimpleNamespace(store=store))  # the report's Table 2 note
+    with pytest.raises(ConfigMismatchError, match="config.meta_fit"):  # never mixed with an inductive run
+        run_mapping_local(store, norms, MappingConfig(embeddings=("netA/svd",), meta_fit="train", **FIT))
+    # a text-only selection has nothing to say about meta-embeddings
+    plain = copy(meta_all, tmp_path / "p")
+    run_mapping_local(plain, norms, MappingConfig(embeddings=("text",), **FIT))
+    assert "meta-embeddings" not in table2_text(plain)
+
+
+def test_inductive_svd_is_fitted_on_the_training_concepts_and_projects_the_test_ones(
+    tmp_path, meta_all, norms
+):
+    from types import SimpleNamespace
+
+    from vsp.mapping_stage import meta_fold_matrix
+    from vsp.meta import default_weights
+    from vsp.report import _meta_fit_note
+
+    store = copy(meta_all, tmp_path / "s")
+    config = MappingConfig(embeddings=("netA/svd", "netA/svd+text", "text"), meta_fit="train", **FIT)
+    summary = run_mapping_local(store, norms, config)
+    assert summary.units_run == 3 * 2
+    data, identity = prepare(store, norms, config)
+    assert identity["config"]["meta_fit"] == "train"
+    assert store.read_json("mapping/manifest.json")["identity"]["config"]["meta_fit"] == "train"
+    by = _by_name(data)
+    d, mm = by["netA/svd"], by["netA/svd+text"]
+    assert by["text"].refit is None and d.refit.kind == "svd" and mm.refit.image == "netA/svd"
+    layers = _sources(store, d.concepts)
+    w = default_weights(3)
+    x = np.hstack([wj * m.astype(np.float64) for wj, m in zip(w, layers, strict=True)])
+    rows = read_rows(store)
+    for sp in mapping.split_plan(len(d.concepts), 1, 3, 0):
+        got = meta_fold_matrix(store, d, sp)
+        # direct: numpy SVD of the training concepts' weighted concatenation, test concepts projected on V
+        u, s, vt = np.linalg.svd(x[sp.train], full_matrices=False)
+        k = got.shape[1]
+        assert k == min(6, len(sp.train))
+        ref_tr, ref_te = u[:, :k] * s[:k], x[sp.test] @ vt[:k].T
+        signs = np.sign((ref_tr * got[sp.train]).sum(axis=0))
+        np.testing.assert_allclose(got[sp.train], ref_tr * signs, atol=1e-5)
+        np.testing.assert_allclose(got[sp.test], ref_te * signs, atol=1e-5)
+        assert store.exists(f"mapping/meta_fit/netA/svd/{d.refit.key}/r0-f{sp.fold}.npy")
+        # the units mapped exactly these fold matrices
+        for m in ("knn", "ridge"):
+            want = mapping.run_fold(got, d.Y, m, sp.train, sp.test, sp.seed, grid=config.grid(m))
+            row = rows[(rows["embedding"] == "netA/svd") & (rows["mapper"] == m) & (rows["fold"] == sp.fold)]
+            assert list(row.iloc[0]["ranks"]) == want["ranks"]
+        # +text: the stored text vectors joined with the refitted image part, as `vsp meta` joins them
+        both = meta_fold_matrix(store, mm, sp)
+        dt = mm.refit.text.shape[1]
+        tpos = {c: i for i, c in enumerate(read_embedding(store, "text").concepts)}
+        text = read_embedding(store, "text").matrix[[tpos[c] for c in mm.concepts]].astype(np.float64)
+        np.testing.assert_allclose(
+            both[:, :dt], text / np.linalg.norm(text, axis=1, keepdims=True), atol=1e-6
+        )
+        img = meta_fold_matrix(store, d, sp)[[d.concepts.index(c) for c in mm.concepts]]
+        np.testing.assert_allclose(both[:, dt:], img / np.linalg.norm(img, axis=1, keepdims=True), atol=1e-6)
+    marker = store.read_json("mapping/done/netA/svd/knn/r0-f0-2.json")
+    assert marker["meta_fit"] == "train"
+    t2 = store.read_parquet(TABLE2).to_pandas().set_index(["embedding", "mapper"])
+    assert t2.loc[("netA/svd+text", "ridge"), "meta_fit"] == "train" and pd.isna(
+        t2.loc[("text", "knn"), "meta_fit"]
+    )
+    text = table2_text(store)
+    assert "refitted in every outer fold" in text and "inductive" in text
+    assert "inductive" in _meta_fit_note(SimpleNamespace(store=store))
+    # a rerun reuses the cached fold fits and the finished units
+    assert run_mapping_local(store, norms, config).units_run == 0
+
+
+def test_inductive_1ton_keeps_the_training_maps_and_solves_the_test_concepts(tmp_path, meta_all, norms):
+    from vsp.mapping_stage import fit_fold, meta_fold_matrix
+    from vsp.meta import onetoN_meta
+
+    store = copy(meta_all, tmp_path / "s")
+    config = MappingConfig(embeddings=("netA/1ton",), meta_fit="train", **FIT)
+    run_mapping_local(store, norms, config)
+    (d,) = prepare(store, norms, config)[0]
+    assert d.refit.kind == "1ton"
+    assert d.refit.params["scales"] == [1.0, 5.0, 10.0] and d.refit.params["betas"] == [1.0, 1.0, 1.0]
+    layers = _sources(store, d.concepts)
+    sp = mapping.split_plan(len(d.concepts), 1, 3, 0)[1]
+    got = meta_fold_matrix(store, d, sp)
+    # by hand: 1ToN trained on the training concepts only (the meta stage's settings) ...
+    fit = onetoN_meta(
+        [m[sp.train] for m in layers], k=5, epochs=60, seed=0, scales=[1.0, 5.0, 10.0], betas=[1.0] * 3,
+        device="cpu",
+    )  # fmt: skip
+    np.testing.assert_allclose(got[sp.train], fit.embeddings, atol=1e-5)
+    # ... and the test concepts' E(w) from the normal equations of Eq. 1 with those maps held fixed
+    a = sum(m.astype(np.float64) @ m.T for m in fit.maps)
+    rhs = sum(
+        (s * x[sp.test].astype(np.float64) - b) @ m.T.astype(np.float64)
+        for x, m, b, s in zip(layers, fit.maps, fit.biases, (1.0, 5.0, 10.0), strict=True)
+    )
+    np.testing.assert_allclose(got[sp.test], rhs @ np.linalg.inv(a), rtol=1e-3, atol=1e-4)
+    # inductive: the test concepts' features do not move the training concepts' meta-embeddings
+    moved = [m.copy() for m in layers]
+    for m in moved:
+        m[sp.test] = np.random.default_rng(0).random(m[sp.test].shape)
+    again = fit_fold(moved, d.refit, sp)
+    np.testing.assert_array_equal(again[sp.train], fit_fold(layers, d.refit, sp)[sp.train])
+    assert not np.allclose(again[sp.test], got[sp.test])
+
+
+def test_meta_fit_option_in_the_config_run_file_and_cli(tmp_path, meta_all, world):
+    from vsp.errors import VspInputError
+    from vsp.runconfig import RunConfig
+
+    with pytest.raises(VspInputError, match="meta_fit"):
+        MappingConfig(meta_fit="test")
+    assert MappingConfig(meta_fit="train").identity()["meta_fit"] == "train"
+    base = {"store": str(tmp_path), "norms": str(world.norms_path), "stages": ["map"]}
+    cfg = RunConfig.from_dict({**base, "map": {"meta_fit": "train"}})
+    assert (
+        cfg.mapping_config().meta_fit == "train" and cfg.stage_identity("map")["map"]["meta_fit"] == "train"
+    )
+    assert RunConfig.from_dict(base).mapping_config().meta_fit == "all"
+    with pytest.raises(VspInputError, match="map.meta_fit"):
+        RunConfig.from_dict({**base, "map": {"meta_fit": "some"}})
+    from vsp.cli import app
+
+    args = ["map", "--store", str(meta_all), "--norms", str(world.norms_path), "--meta-fit", "some"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "--meta-fit" in res.output

@@ -145,3 +145,157 @@ def test_imagenet_identity_is_the_enum_name():
     # resolves the enum only; nothing is downloaded
     assert str(imagenet_weights("resnet34")) == "ResNet34_Weights.IMAGENET1K_V1"
     assert str(imagenet_weights("alexnet")) == "AlexNet_Weights.IMAGENET1K_V1"
+
+
+# --- the paper's layers are the default -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "resnet34"])
+def test_paper_selection_is_all_conv_for_alexnet_vgg_resnet(name):
+    model = _model(name)
+    assert select_layers(model, name, "paper") == select_layers(model, name, "all-conv")
+
+
+def test_paper_is_the_default_layer_selection_everywhere():
+    import inspect
+
+    from vsp.cli.extract import extract
+    from vsp.extract import MultiNetExtractor
+    from vsp.features import ExtractionConfig
+    from vsp.networks import DEFAULT_LAYERS
+    from vsp.runconfig import ExtractSpec, RunConfig
+
+    assert DEFAULT_LAYERS == "paper"
+    assert ExtractionConfig().layers == "paper"
+    assert ExtractSpec().layers == "paper"
+    cfg = RunConfig.from_dict({"store": "/tmp/s", "images": "/tmp/i", "stages": ["extract"]})
+    assert cfg.extraction_config().layers == "paper"
+    assert inspect.signature(MultiNetExtractor).parameters["layers"].default == "paper"
+    assert inspect.signature(extract).parameters["layers"].default == "paper"
+    # the drift another issue fixes: left as it is, and no new drift added (activation agrees everywhere)
+    assert ExtractionConfig().activation == ExtractSpec().activation == "conv"
+    assert inspect.signature(extract).parameters["activation"].default == "conv"
+
+
+def test_demo_extracts_the_paper_layers(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import vsp.cli.extract as cli_extract
+    from vsp.cli import app
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_extract(store, records, config, *args, **kwargs):
+        seen["config"] = config
+        raise Stop
+
+    monkeypatch.setattr(cli_extract, "run_extract", fake_run_extract)
+    res = CliRunner().invoke(
+        app, ["demo", "--out", str(tmp_path / "d"), "--concepts", "12", "--images-per-concept", "1"]
+    )
+    assert "config" in seen, res.output  # the stub stopped the demo at its extraction step
+    assert seen["config"].layers == "paper" and seen["config"].activation == "conv"
+
+
+def _manifest(layers, models=("densenet169",), kinds=None, activation=None):
+    config = {"weights": "imagenet", "pooling": "max", "models": list(models), "layers": layers}
+    if activation:
+        config["activation"] = activation
+    stored = [
+        {"model": m, "name": f"l{i}", "index": i, "kind": k, "channels": 8}
+        for m in models
+        for i, k in enumerate(kinds or ["conv", "conv", "penultimate"])
+    ]
+    return {
+        "identity": {
+            "config": config,
+            "weights_identity": {m: f"{m}_Weights.IMAGENET1K_V1" for m in models},
+            "layers": stored,
+        }
+    }
+
+
+def test_report_setup_check_knows_the_paper_layer_selection():
+    from vsp.report import paper_setup
+
+    kinds = ["conv", "block", "transition", "penultimate"]
+    ok = paper_setup(_manifest("paper", kinds=kinds), (638, 390), 638)
+    assert ok.matches and ok.facts["layers"] == "paper"
+    dense = paper_setup(_manifest("all-conv"), (638, 390), 638)
+    assert not dense.matches
+    assert "'all-conv' (densenet169: 2 convs)" in dense.why_not() and "--layers paper" in dense.why_not()
+    # all-conv is the paper's selection for the other three networks
+    three = ("alexnet", "vgg16", "resnet34")
+    assert paper_setup(_manifest("all-conv", models=three), (638, 390), 638).matches
+    assert paper_setup(_manifest("paper", models=three), (638, 390), 638).matches
+    picked = paper_setup(_manifest(["conv1", "layer4.2.conv2"], models=("resnet34",)), (638, 390), 638)
+    assert not picked.matches and "layer selection is ['conv1', 'layer4.2.conv2']" in picked.why_not()
+    regex = paper_setup(_manifest("re:.*conv2", models=("resnet34",)), (638, 390), 638)
+    assert not regex.matches and "'re:.*conv2'" in regex.why_not()
+    # the paper does not say where it reads a filter's activity: recorded, not held against a run
+    relu = paper_setup(_manifest("paper", activation="relu"), (638, 390), 638)
+    assert relu.matches and relu.facts["activation"] == "relu"
+
+
+# --- activation points: where each tap reads --------------------------------------------------------------
+def test_activation_taps_resnet_bn_follows_each_conv():
+    from vsp.networks import activation_taps
+
+    model = _model("resnet34")
+    taps = select_layers(model, "resnet34", "paper")
+    assert activation_taps(model, "resnet34", taps, "conv") == taps
+    bn = {t.name: t for t in activation_taps(model, "resnet34", taps, "bn")}
+    assert len(bn) == 36 and all(t.activation == "bn" and t.module == t.bn for t in bn.values())
+    assert bn["conv1"].bn == "bn1" and bn["layer1.0.conv2"].bn == "layer1.0.bn2"
+    assert bn["layer2.0.downsample.0"].bn == "layer2.0.downsample.1"
+    assert all(t.channels is None for t in bn.values())
+    relu = activation_taps(model, "resnet34", taps, "relu")
+    assert [(t.module, t.activation) for t in relu] == [(t.bn, "relu") for t in bn.values()]
+
+
+def test_activation_taps_alexnet_vgg_have_no_bn():
+    from vsp.networks import activation_taps
+
+    for name in ("alexnet", "vgg16"):
+        model = _model(name)
+        taps = select_layers(model, name, "paper") + [penultimate_tap(model, name)]
+        bn = activation_taps(model, name, taps, "bn")
+        assert [t.module for t in bn] == [t.module for t in taps]  # hooks stay on the convs
+        assert [t.activation for t in bn[:-1]] == ["conv"] * (len(taps) - 1)  # bn == conv, recorded
+        assert bn[-1].activation == "classifier-input" and all(not t.bn for t in bn)
+        assert {t.activation for t in activation_taps(model, name, taps, "relu")[:-1]} == {"relu"}
+
+
+def test_activation_taps_densenet_paper_taps_read_the_first_consumer_bn():
+    from vsp.networks import activation_taps
+
+    model = _model("densenet169")
+    taps = {t.name: t for t in activation_taps(model, "d", select_layers(model, "d", "paper"), "bn")}
+    assert len(taps) == 86 and all(t.activation == "bn" for t in taps.values())
+    assert taps["features.conv0"].bn_point == "features.norm0"
+    b = "features.denseblock"
+    assert taps[f"{b}1.denselayer1"].bn_point == f"{b}1.denselayer2.norm1[64:96]"
+    assert taps[f"{b}1.denselayer6"].bn_point == "features.transition1.norm[224:256]"
+    assert taps["features.transition1"].bn_point == f"{b}2.denselayer1.norm1[0:128]"
+    assert taps[f"{b}3.denselayer7"].bn_point == f"{b}3.denselayer8.norm1[448:480]"
+    assert taps["features.transition3"].bn_point == f"{b}4.denselayer1.norm1[0:640]"
+    assert taps[f"{b}4.denselayer32"].bn_point == "features.norm5[1632:1664]"
+    # all-conv: conv1 -> norm2, conv2 = the dense layer's output, a transition's conv: none (a pool follows)
+    sel = [f"{b}2.denselayer3.conv1", f"{b}2.denselayer3.conv2", "features.transition2.conv"]
+    c1, c2, tc = activation_taps(model, "d", select_layers(model, "d", sel), "bn")
+    assert c1.bn_point == f"{b}2.denselayer3.norm2" and c1.activation == "bn"
+    assert c2.bn_point == f"{b}2.denselayer4.norm1[192:224]" and c2.activation == "bn"
+    assert tc.bn == "" and tc.activation == "conv" and tc.module == "features.transition2.conv"
+
+
+def test_activation_taps_refuse_module_taps_and_unknown_points():
+    from vsp.networks import activation_taps
+
+    model = _model("resnet34")
+    taps = select_layers(model, "resnet34", ["conv1", "layer1"])
+    with pytest.raises(VspInputError, match=r"module tap 'layer1' of model 'resnet34'"):
+        activation_taps(model, "resnet34", taps, "relu")
+    assert activation_taps(model, "resnet34", taps, "conv") == taps  # conv: any module, as before
+    with pytest.raises(VspInputError, match="conv, bn, relu"):
+        activation_taps(model, "resnet34", taps, "post")

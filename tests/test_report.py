@@ -455,3 +455,182 @@ def test_cli_report(tmp_path):
         app, ["report", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "x.pdf")]
     )
     assert bad.exit_code == 2 and ".html" in bad.output
+
+
+def test_report_embeds_only_images_the_run_extracted(tmp_path, monkeypatch, caplog):
+    """A store written by someone else must not steer the report into embedding other local images."""
+    from PIL import Image
+
+    from vsp.report import _Context, _pick_images
+
+    secret = tmp_path / "private" / "secret.png"
+    secret.parent.mkdir()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(secret)
+    good = {c: tmp_path / "imgs" / f"{c}.png" for c in ("a", "b", "c", "d")}
+    for path in good.values():
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8)).save(path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    st = open_store(tmp_path / "store")
+    norms = synthetic_norms(4, 10)
+    names = norms.concepts
+    write_features_manifest(st, "resnet18", "random", "random:0", names)
+    man = st.read_json("features/manifest.json")
+    man["identity"]["images"] = {
+        names[0]: ["../private/secret.png", str(good["a"])],  # relative: resolved against the reader's cwd
+        names[1]: [str(secret), str(good["b"])],  # recorded as skipped by the run (below)
+        names[2]: [str(tmp_path / "imgs" / ".." / "private" / "secret.png"), str(good["c"])],  # unnormalised
+        names[3]: [str(tmp_path / "gone.png"), str(good["d"])],  # not on this machine
+    }
+    st.write_json("features/manifest.json", man)
+    st.write_json(
+        "features/done/unit-00000.json",
+        {"unit": 0, "skipped": [{"uri": str(secret), "reason": "corrupt"}], "outputs": []},
+    )
+    with caplog.at_level("WARNING", logger="vsp.report"):
+        picked = _pick_images(_Context(st, norms), 4)
+    assert picked == [str(good[c]) for c in ("a", "b", "c", "d")]
+    assert "secret.png" not in " ".join(picked)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "not embedding 4 image(s)" in warned and "../private/secret.png" in warned and "gone.png" in warned
+
+
+def test_report_drops_a_crafted_image_from_the_explanations(tmp_path, tmp_path_factory, monkeypatch, caplog):
+    from PIL import Image
+
+    from tests.test_explain import tiny_norms, tiny_run_copy
+
+    store, norms_path = tiny_run_copy(tmp_path_factory, tmp_path / "run")
+    st, norms = open_store(store), tiny_norms(norms_path)
+    secret = tmp_path / "private" / "secret.png"
+    secret.parent.mkdir()
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(secret)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    man = st.read_json("features/manifest.json")
+    first = sorted(c for c in man["identity"]["concepts"] if c in set(norms.concepts))[0]
+    man["identity"]["images"][first].insert(0, "../private/secret.png")
+    st.write_json("features/manifest.json", man)
+    with caplog.at_level("WARNING", logger="vsp.report"):
+        res = write_report(st, tmp_path / "r.html", norms=norms, explain_images=1, explain_layers="1", top=3)
+    assert res.sections["explain"] == "ok"
+    text = res.path.read_text(encoding="utf-8")
+    assert "secret.png" not in text and text.count('alt="explanation of ') == 1
+    assert "../private/secret.png" in " ".join(r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------- Table 3 columns, source lines, explanation layer labels
+def _section_html(text: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}"[^>]*>(.*?)</section>', text, re.S)
+    assert m, sid
+    return m.group(1)
+
+
+def test_table3_has_a_column_for_every_benchmark(tmp_path):
+    """The demo's benchmark (demo-pairs) was dropped: only MEN/SimLex columns were rendered."""
+    from vsp.report import benchmark_column
+
+    st = open_store(tmp_path / "store")
+    norms = synthetic_norms(10, 25)
+    write_features_manifest(st, "resnet18", "random", "random:0", norms.concepts)
+    rho = {"resnet18/penultimate": 0.2075, "resnet18/svd": 0.2838, "glove": 0.6065}
+    rows = [
+        {"embedding": e, "benchmark": "demo-pairs", "n_pairs": 276, "n_scored": 276, "spearman": v}
+        for e, v in rho.items()
+    ]
+    rows.append(
+        {"embedding": "glove", "benchmark": "garment-pairs", "n_pairs": 9, "n_scored": 8, "spearman": -0.25}
+    )
+    st.write_parquet("similarity/table3.parquet", pa.Table.from_pylist(rows))
+    # a second table adds MEN for one embedding: merged per (embedding, benchmark), not dropped
+    men = [{"embedding": "glove", "benchmark": "men", "n_pairs": 104, "n_scored": 104, "spearman": 0.5}]
+    st.write_parquet("similarity/extra.parquet", pa.Table.from_pylist(men))
+    res = write_report(st, tmp_path / "r.html", norms=norms, explain_images=0)
+    assert res.sections["table3"] == "ok"
+    html = _section_html(res.path.read_text(encoding="utf-8"), "table3")
+    heads = re.findall(r"<th>([^<]*)</th>", html.split("</thead>")[0])
+    assert heads == ["embedding", "MEN", "demo-pairs", "garment-pairs"]
+    body = html.split("<tbody>")[1]
+    for v in (*rho.values(), -0.25, 0.5):
+        assert f'<td class="num">{v:.3f}</td>' in body
+    assert "pairs: demo-pairs 276" in body and "garment-pairs 8" in body
+    t3 = pd.read_csv(res.tables_dir / "table3.csv")
+    glove = t3[t3.embedding.str.startswith("GloVe  [pairs:")].iloc[0]
+    assert glove["demo-pairs"] == pytest.approx(0.6065) and glove["MEN"] == 0.5
+    assert t3["n_scored_demo-pairs"].tolist() == [276, 276, 276]
+    assert benchmark_column("MEN_3000") == "MEN" and benchmark_column("SimLex999") == "SimLex-999"
+    assert benchmark_column("garment-pairs") == "garment-pairs"  # has "men" in it, but is not MEN
+
+
+def test_source_lines_summarise_unit_files(tmp_path):
+    from vsp.report import sources_line
+
+    st = open_store(tmp_path / "store")
+    norms = synthetic_norms(10, 25)
+    write_features_manifest(st, "resnet18", "random", "random:0", norms.concepts)
+    plant_stage_outputs(st, "resnet18", norms)
+    mp = st.read_parquet("mapping/results.parquet").to_pandas()
+    for i, ((e, m), g) in enumerate(mp.groupby(["embedding", "mapper"])):
+        st.write_parquet(f"mapping/units/{e.replace(':', '_')}/{m}/r0-{i}.parquet", pa.Table.from_pandas(g))
+    res = write_report(st, tmp_path / "r.html", norms=norms, explain_images=0)
+    text = res.path.read_text(encoding="utf-8")
+    src = re.search(r'<p class="src">From ([^;]*);', _section_html(text, "table2")).group(1)
+    assert src == "mapping/results.parquet and 12 unit files under mapping/units/"
+    assert "mapping/units/glove" not in text
+    assert sources_line(["a/b.parquet"]) == "a/b.parquet"
+    assert sources_line(["a/b.parquet", "a/c.parquet", "a/u/x/1.parquet"]) == (
+        "a/b.parquet, a/c.parquet and a/u/x/1.parquet"
+    )
+
+
+def test_report_explanations_show_tap_index_and_module(tmp_path, tmp_path_factory):
+    from tests.test_explain import tiny_norms, tiny_run_copy
+    from vsp.explain import Explanation, LayerPrediction, figure_bytes, save_example
+
+    store, norms_path = tiny_run_copy(tmp_path_factory, tmp_path / "run")
+    st, norms = open_store(store), tiny_norms(norms_path)
+    old = Explanation(  # as an older vsp recorded it: a 1-based conv number, no module name
+        image=str(tmp_path / "old.jpg"),
+        model="resnet18",
+        weights="random:0",
+        source="images",
+        layers=[
+            LayerPrediction("layer1.0.conv2", "conv 3", ["is red"], [1.0], ["visual perceptual"], ["colour"])
+        ],
+    )
+    save_example(st, old, figure_bytes(old))
+    res = write_report(st, tmp_path / "r.html", norms=norms, explain_images=2, explain_layers="1,20", top=3)
+    assert res.sections["explain"] == "ok"
+    html = _section_html(res.path.read_text(encoding="utf-8"), "explain")
+    assert "<th>2 (layer1.0.conv2)</th>" in html and "conv 3" not in html  # the run's tap index
+    assert html.count("<th>1 (layer1.0.conv1)</th>") == 1 and html.count("<th>20 (penultimate)</th>") == 1
+    assert "0-based tap index" in html and "1-based" not in html
+    assert "maps trained on every image&#x27;s vector" in html  # the recorded one
+    assert "maps trained on the concept vectors" in html  # the new ones
+
+
+def test_comments_on_the_paper_tables_say_what_the_numbers_are(cslb_path):
+    """Overall is the mean over all properties (11 of 12 rows), not the mean of the five classes; the
+    fine-grained grouping of `baseline_table` is no table of the paper (Table 4 is per feature class)."""
+    import inspect
+
+    from vsp import decode
+    from vsp.norms import load_cslb
+
+    norms = load_cslb(cslb_path)
+    sizes = {c: norms.feature_class.count(c) for c in FEATURE_CLASSES}
+    classes = [c for c in paper.CLASS_COLUMNS if c != "overall"]
+    by_props = {
+        k: sum(v[c] * sizes[c] for c in classes) / sum(sizes.values()) for k, v in paper.TABLE4.items()
+    }
+    matches = {k for k, v in paper.TABLE4.items() if abs(by_props[k] - v["overall"]) < 0.006}
+    assert len(matches) == 11 and set(paper.TABLE4) - matches == {paper.embedding_key("resnet34")}
+    plain = paper.TABLE4[paper.embedding_key("resnet34")]
+    assert abs(sum(plain[c] for c in classes) / 5 - plain["overall"]) < 0.01  # 44.058 printed as 44.05
+    source = inspect.getsource(paper)
+    assert "mean of the five" not in source and "mean F1 over all 390 properties" in source
+    doc = decode.baseline_table.__doc__
+    assert '``"fine_grained"`` that of\n    Table 4' not in doc and "no table" in doc

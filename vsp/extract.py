@@ -6,19 +6,24 @@ per channel *inside the hook, on the device* (global max pool by default, ``pool
 mean) and keeps only that ``(B, C)`` vector, so a full feature map lives no longer than the forward pass
 itself needs it; one forward pass gives every layer.
 
-Pre- or post-activation
------------------------
-A conv tap is the output of the ``nn.Conv2d`` module itself, i.e. **pre-activation** (before the BatchNorm
-that follows each conv in ResNet/DenseNet, before the ReLU of AlexNet/VGG). AlexNet and VGG follow each conv
-with ``ReLU(inplace=True)``: a hook that only kept a reference to the conv output would later see post-ReLU
-values (the ReLU overwrites the same storage after the hook returns). Pooling immediately in the hook avoids
-that, so the stored value is unambiguously the pre-activation pooled value.
+Activation point (``activation``)
+---------------------------------
+``"conv"`` (the default): a conv tap is the output of the ``nn.Conv2d`` module itself, i.e.
+**pre-activation** (before the BatchNorm that follows each conv in ResNet/DenseNet, before the ReLU of
+AlexNet/VGG). AlexNet and VGG follow each conv with ``ReLU(inplace=True)``: a hook that only kept a reference
+to the conv output would later see post-ReLU values (the ReLU overwrites the same storage after the hook
+returns). Pooling immediately in the hook avoids that, so the stored value is unambiguously the
+pre-activation pooled value.
 
-``relu=True`` gives post-activation values instead, at no real cost: ReLU is monotone, so ``max(relu(x)) ==
-clamp(max(x), min=0)`` and max pooling just clamps the pooled vector; for mean pooling the map is clamped
-first (one transient copy of that one map). ``relu`` applies to every layer tap (for DenseNet block and
-transition taps it means "as the next layer's ReLU would see it, but before its BatchNorm": use with care) and
-never to the penultimate tap, which is already the post-ReLU input of the classifier.
+``"bn"``: the output of the BatchNorm that follows the tap (for a DenseNet dense layer or transition, the
+tap's channel slice of the first consumer's BatchNorm); the hook goes on that BatchNorm and pools its output
+(or the slice) before any in-place ReLU runs. AlexNet/VGG have no BatchNorm: there ``bn`` is the conv output
+(the same numbers as ``conv``), logged and recorded per tap as activation ``"conv"``. ``"relu"``: that value
+through a ReLU, computed in the hook (never read from the network's shared ReLU modules): ReLU is monotone, so
+``max(relu(x)) == clamp(max(x), min=0)`` and max pooling just clamps the pooled vector; for mean pooling the
+map is clamped first, ``mean(relu(x))`` (one transient copy of that one map). The exact definition per
+network and tap is in :mod:`vsp.networks` (:func:`vsp.networks.activation_taps`). The penultimate tap is never
+changed: it is already the input of the classifier.
 
 DenseNet "paper" taps (see :mod:`vsp.networks`): a dense layer's output is its 32 new (growth-rate) channels,
 the output of its 3x3 conv; a transition's output is after its average pool.
@@ -42,7 +47,16 @@ import torch
 from torch import nn
 
 from vsp.errors import VspInputError
-from vsp.networks import PENULTIMATE, Tap, load_model, penultimate_tap, select_layers
+from vsp.networks import (
+    ACTIVATIONS,
+    DEFAULT_LAYERS,
+    PENULTIMATE,
+    Tap,
+    activation_taps,
+    load_model,
+    penultimate_tap,
+    select_layers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +99,26 @@ def pool(x: torch.Tensor, pooling: str = "max", relu: bool = False) -> torch.Ten
     return (v.clamp(min=0) if relu else v).float()
 
 
+def _log_fallback(model: str, activation: str, taps: list[Tap]) -> None:
+    """Say which taps no BatchNorm follows (their ``bn`` is the tap's own output)."""
+    plain = [t.name for t in taps if t.kind != "penultimate" and not t.bn]
+    if plain:
+        shown = ", ".join(plain[:4]) + (f" and {len(plain) - 4} more" if len(plain) > 4 else "")
+        what = "the tap's own output" if activation == "bn" else "relu of the tap's own output"
+        log.warning(
+            "%s: no BatchNorm follows %d of its taps (%s): activation %r there is %s (recorded as %r)",
+            model, len(plain), shown, activation, what, "conv" if activation == "bn" else "relu",
+        )  # fmt: skip
+
+
 class MultiNetExtractor:
     """Load every network once; one forward pass per network per batch yields every tapped layer, pooled.
 
     ``models``: names (a list or a comma-separated string). ``layers``, ``weights``: one value for all models
     or a mapping model -> value (see :func:`vsp.networks.select_layers` and :func:`vsp.networks.load_model`).
-    ``pooling``: ``"max"`` (default) or ``"mean"``. ``relu``: pool post-activation values (module docstring).
+    ``pooling``: ``"max"`` (default) or ``"mean"``. ``activation``: ``"conv"`` (default), ``"bn"`` or
+    ``"relu"``, the value each layer tap pools (module docstring); every tap records the point it got
+    (``Tap.activation``).
     ``penultimate``: also tap the classifier input (last in each model's tap list).
 
     Attributes: ``models`` (name -> module), ``taps`` (name -> list of :class:`Tap`, penultimate last),
@@ -100,14 +128,14 @@ class MultiNetExtractor:
     def __init__(
         self,
         models: str | Sequence[str],
-        layers: str | list[str] | Mapping[str, str | list[str]] = "all-conv",
+        layers: str | list[str] | Mapping[str, str | list[str]] = DEFAULT_LAYERS,
         weights: str | Mapping[str, str] = "random",
         seed: int = 0,
         device: str | torch.device = "cpu",
         pooling: str = "max",
         dtype: torch.dtype | str = torch.float32,
         *,
-        relu: bool = False,
+        activation: str = "conv",
         channels_last: bool = False,
         penultimate: bool = True,
     ) -> None:
@@ -119,8 +147,10 @@ class MultiNetExtractor:
             raise VspInputError(f"duplicate model names in {names}")
         if pooling not in POOLINGS:
             raise VspInputError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+        if activation not in ACTIVATIONS:
+            raise VspInputError(f"unknown activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
         self.pooling = pooling
-        self.relu = bool(relu)
+        self.activation = activation
         self.dtype = _as_dtype(dtype)
         self.device = torch.device(device)
         self.channels_last = bool(channels_last)
@@ -145,6 +175,9 @@ class MultiNetExtractor:
             if penultimate:
                 taps = [t for t in taps if t.name != PENULTIMATE]
                 taps.append(penultimate_tap(model, name, index=len(taps)))
+            taps = activation_taps(model, name, taps, activation)
+            if activation != "conv":
+                _log_fallback(name, activation, taps)
             model = model.to(self.device)
             if self.channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -159,7 +192,7 @@ class MultiNetExtractor:
     def _register(self, name: str, model: nn.Module, taps: list[Tap]) -> None:
         modules = dict(model.named_modules())
         results = self._results[name]
-        pooling, relu = self.pooling, self.relu
+        pooling = self.pooling
         for tap in taps:
             module = modules[tap.module_name]
             if tap.kind == "penultimate":
@@ -170,13 +203,18 @@ class MultiNetExtractor:
                 self._handles.append(module.register_forward_pre_hook(pre_hook))
             else:
 
-                def hook(_mod, _args, output, _key=tap.name, _model=name):
+                def hook(
+                    _mod, _args, output, _key=tap.name, _model=name, _ch=tap.channels,
+                    _relu=tap.activation == "relu",
+                ):  # fmt: skip
                     if not isinstance(output, torch.Tensor):
                         raise VspInputError(
                             f"layer {_key!r} of model {_model!r} outputs {type(output).__name__}, "
                             "not a tensor; tap a module whose output is a (B, C, H, W) feature map"
                         )
-                    results[_key] = pool(output, pooling, relu)
+                    if _ch is not None:  # a DenseNet tap: its channels of the consumer's BatchNorm
+                        output = output[:, _ch[0] : _ch[1]]
+                    results[_key] = pool(output, pooling, _relu)
 
                 self._handles.append(module.register_forward_hook(hook))
 

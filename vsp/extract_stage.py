@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ def make_extractor(config: ExtractionConfig, device: str = "cpu", **kwargs) -> M
         seed=config.seed,
         device=device,
         pooling=config.pooling,
+        activation=config.activation,
         **kwargs,
     )
 
@@ -41,10 +42,48 @@ def layer_infos(extractor: MultiNetExtractor) -> list[LayerInfo]:
     """Every tapped layer of every network with its width (from one dry forward pass)."""
     ch = extractor.channels()
     return [
-        LayerInfo(model=m, name=t.name, index=t.index, kind=t.kind, channels=ch[m][t.name])
+        LayerInfo(
+            model=m,
+            name=t.name,
+            index=t.index,
+            kind=t.kind,
+            channels=ch[m][t.name],
+            activation=t.activation,
+            bn=t.bn_point,
+        )
         for m, taps in extractor.taps.items()
         for t in taps
     ]
+
+
+def unusable_concepts(images: dict[str, list[str]], max_workers: int = 4) -> dict[str, list[str]]:
+    """Concepts none of whose images can be read, each with the reasons (checked before anything is created).
+
+    A concept is tried image by image until one decodes, so a healthy image set costs about one decode per
+    concept. Such concepts are dropped from the run with a warning and recorded in the features manifest.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vsp.images import load_image, max_image_pixels
+
+    cap = max_image_pixels()  # read once: a bad VSP_MAX_IMAGE_PIXELS is an error, not a reason per image
+
+    def first_readable(concept: str) -> tuple[str, list[str] | None]:
+        reasons = []
+        for uri in images[concept]:
+            try:
+                load_image(uri, max_pixels=cap)
+                return concept, None
+            except FileNotFoundError:
+                reasons.append(f"{uri}: file not found")
+            except (VspInputError, OSError, ValueError) as e:
+                reasons.append(f"{uri}: {e}" if uri not in str(e) else str(e))
+        return concept, reasons
+
+    names = sorted(images)
+    with ThreadPoolExecutor(max(1, min(max_workers, len(names)))) as pool:
+        checked = list(pool.map(first_readable, names))
+    return {c: r for c, r in checked if r is not None}
 
 
 def plan_extraction(
@@ -52,21 +91,42 @@ def plan_extraction(
     config: ExtractionConfig,
     extractor: MultiNetExtractor,
     concepts: Sequence[str] | None = None,
+    store: Store | None = None,
 ) -> FeaturePlan:
-    """Group the manifest by concept (optionally restricted to ``concepts``) and cut it into units."""
+    """Group the manifest by concept (optionally restricted to ``concepts``) and cut it into units.
+
+    Concepts without a single readable image are dropped (named in a warning and in the manifest's
+    ``dropped_concepts``). With ``store``, a run already recorded there keeps the drops it recorded, so a
+    resumed run plans exactly the same units without reading the images again.
+    """
     images: dict[str, list[str]] = {}
     for r in records:
         images.setdefault(r.concept, []).append(r.uri)
     if concepts is not None:
         keep = set(concepts)
         images = {c: u for c, u in images.items() if c in keep}
-    names = sorted(images)
+    images = {c: sorted(u) for c, u in images.items()}
+    existing = FeatureStore(store).manifest() if store is not None else None
+    if existing is not None and "dropped_concepts" in existing:
+        dropped = {c: list(r) for c, r in existing["dropped_concepts"].items() if c in images}
+    else:
+        dropped = unusable_concepts(images)
+    if dropped:
+        log.warning(
+            "%d concepts have no readable image and are left out: %s",
+            len(dropped),
+            "; ".join(f"{c} ({r[0]}{'...' if len(r) > 1 else ''})" for c, r in list(dropped.items())[:10]),
+        )
+    names = sorted(c for c in images if c not in dropped)
+    if not names and dropped:
+        raise VspInputError(f"no concept has a readable image ({len(dropped)} concepts checked)")
     return FeaturePlan(
         config=config,
         concepts=names,
-        images={c: sorted(images[c]) for c in names},
+        images={c: images[c] for c in names},
         layers=layer_infos(extractor),
         weights_identity=dict(extractor.weights_identity),
+        dropped=dropped,
     )
 
 
@@ -129,6 +189,7 @@ class ExtractionSummary:
     images: int
     seconds: float
     skipped_images: int
+    dropped_concepts: list[str] = field(default_factory=list)  # no readable image: left out of the run
 
     @property
     def units_skipped(self) -> int:
@@ -144,6 +205,11 @@ class ExtractionSummary:
             f"extract: {self.units_run} units ({self.images} images, {rate:.1f} images/s) written to "
             f"{self.store}; {self.units_skipped} already done; "
             f"{self.skipped_images} unreadable images skipped"
+            + (
+                f"; {len(self.dropped_concepts)} concepts without a readable image left out"
+                if self.dropped_concepts
+                else ""
+            )
         )
 
 
@@ -159,7 +225,7 @@ def run_extraction_local(
     """Extract in this process (no Ray): the notebook path and the reference the Ray path must equal."""
     t0 = time.perf_counter()
     extractor = make_extractor(config, device=device)
-    plan = plan_extraction(records, config, extractor, concepts)
+    plan = plan_extraction(records, config, extractor, concepts, store=store)
     fs = FeatureStore(store)
     fs.create(plan)
     pending = fs.pending_units(plan)
@@ -172,5 +238,11 @@ def run_extraction_local(
         if progress:
             progress(k + 1, len(pending))
     return ExtractionSummary(
-        store.uri, len(plan.units), len(pending), n_img, time.perf_counter() - t0, n_skip
+        store.uri,
+        len(plan.units),
+        len(pending),
+        n_img,
+        time.perf_counter() - t0,
+        n_skip,
+        sorted(plan.dropped),
     )

@@ -5,11 +5,15 @@ one of three sources (:func:`build_manifest`):
 
 - a folder tree on local disk, ``<root>/<concept>/<files>`` (files in nested sub-folders of a concept folder
   belong to that concept; hidden files (``.*``), ``__MACOSX``, ``Thumbs.db`` and files directly under
-  ``<root>`` are ignored);
+  ``<root>`` are ignored). Symbolic links (to files or folders, concept folders included) are followed while
+  their target stays inside ``<root>``; a link whose target resolves outside it is refused with a
+  :class:`~vsp.errors.VspInputError` naming the link, unless ``follow_links=True`` (``--follow-links``);
 - the same tree under an S3 prefix, ``s3://bucket/prefix/<concept>/<files>`` (listed through
   :func:`vsp.store.open_store`);
 - a ``.csv`` or ``.parquet`` table (local or on S3) with columns ``concept`` and ``uri``; relative uris are
-  resolved against the folder that holds the table, other columns are ignored.
+  resolved against the folder that holds the table, other columns are ignored. A relative uri that leaves that
+  folder (through ``..``, or through a symbolic link that resolves outside it) is refused, naming the row,
+  unless ``follow_links=True``; absolute paths and ``s3://`` uris are used as written.
 
 Local uris are absolute paths, so a manifest means the same thing in every worker process.
 
@@ -22,7 +26,12 @@ Decoding (:func:`load_image`) always returns an RGB :class:`PIL.Image.Image`:
 - images with alpha (``RGBA``, ``LA``, ``PA``, premultiplied ``RGBa``/``La``) are **composited on white**
   (not alpha-dropped: dropping alpha exposes whatever colour the transparent pixels happen to store, often
   black, which changes the image a network sees);
-- animated images (GIF, WebP) use their first frame.
+- animated images (GIF, WebP) use their first frame;
+- images with more pixels than the cap (:func:`max_image_pixels`: 40 MP unless ``max_pixels`` or
+  ``$VSP_MAX_IMAGE_PIXELS`` says otherwise) are refused from their header, before any pixel is decoded, so a
+  small file that claims 13000 x 13000 pixels costs nothing; extraction skips and records them like any other
+  unreadable file, and :func:`validate` reports them;
+- very large JPEGs are decoded with libjpeg's DCT scaling (draft mode, see :data:`DRAFT_MIN_PIXELS`).
 
 :func:`preprocess` applies the standard torchvision ImageNet evaluation transform: ``Resize(256)`` (shorter
 side, bilinear with antialiasing, on the PIL image), ``CenterCrop(224)``, scaling to [0, 1] and
@@ -35,6 +44,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
+import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +75,26 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 
+#: Default cap on an image's pixel count (width x height, read from its header before decoding). 40 MP holds
+#: any phone photo and most camera photos; decoding one costs about 120 MB as RGB (more while converting),
+#: per decoding thread. Change it with ``max_pixels=`` or the environment variable :data:`MAX_PIXELS_ENV`.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+#: The environment variable that sets the pixel cap (a whole number; 0 turns vsp's cap off, leaving PIL's own
+#: hard limit of ``2 * PIL.Image.MAX_IMAGE_PIXELS``). Worker processes read it, so set it where they run.
+MAX_PIXELS_ENV = "VSP_MAX_IMAGE_PIXELS"
+#: JPEGs with more pixels than this are decoded in draft mode (libjpeg's DCT scaling by 1/2, 1/4 or 1/8),
+#: never below :data:`DRAFT_SIZE` on either side, i.e. at least twice the ``Resize(256)`` target.
+#:
+#: Draft decoding changes pixels (DCT scaling is not PIL's full decode followed by the antialiased resize),
+#: so it is kept away from normal photographs, whose features stay bit-identical to a full decode: 20 MP is
+#: above every common phone photo (12 MP) and most camera photos (up to 20 MP), so only scans, panoramas
+#: and high-resolution camera files are drafted, where it saves most of the decoding time and memory. The
+#: threshold is a fixed constant, not tied to the pixel cap: features must not depend on a deployment
+#: setting. A drafted image's features differ from a full decode's by about one grey level after resizing.
+DRAFT_MIN_PIXELS = 20_000_000
+#: The smallest side a drafted JPEG is decoded to (twice the ``Resize(256)`` target).
+DRAFT_SIZE = 2 * RESIZE
+
 
 @dataclass(frozen=True, order=True)
 class ImageRecord:
@@ -85,15 +116,18 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name in _JUNK
 
 
-def build_manifest(source: str | os.PathLike) -> list[ImageRecord]:
+def build_manifest(source: str | os.PathLike, follow_links: bool = False) -> list[ImageRecord]:
     """Build a manifest from a folder tree, an S3 prefix, or a ``.csv``/``.parquet`` table (concept, uri).
 
     Returns records sorted by (concept, uri). Raises :class:`VspInputError` when the source does not exist,
     holds no images, or a table lacks a column or has an empty or duplicated row (the message names the row).
+    Unless ``follow_links`` (the CLI's ``--follow-links``), symbolic links in a folder tree whose target
+    resolves outside the root, and relative table uris that leave the table's folder (``..`` or a link), are
+    refused with a :class:`VspInputError` naming the link or row.
     """
     src = os.fspath(source)
     if src.lower().endswith(MANIFEST_SUFFIXES):
-        records = _manifest_from_table(src)
+        records = _manifest_from_table(src, follow_links)
     elif _is_s3(src):
         records = _manifest_from_s3_tree(src)
     else:
@@ -105,7 +139,7 @@ def build_manifest(source: str | os.PathLike) -> list[ImageRecord]:
             )
         if not path.is_dir():
             raise VspInputError(f"image source {src!r} is a file but not a .csv or .parquet manifest")
-        records = _manifest_from_local_tree(path)
+        records = _manifest_from_local_tree(path, follow_links)
     if not records:
         raise VspInputError(f"image source {src!r} holds no images (expected <root>/<concept>/<files>)")
     records = sorted(records)
@@ -113,7 +147,49 @@ def build_manifest(source: str | os.PathLike) -> list[ImageRecord]:
     return records
 
 
-def _manifest_from_local_tree(root: Path) -> list[ImageRecord]:
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or below it (both absolute and normalised)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_link(path: str, root: str, follow_links: bool) -> None:
+    """Refuse a symbolic link whose target resolves outside ``root``, unless ``follow_links``."""
+    if follow_links:
+        return
+    target = os.path.realpath(path)
+    if not _inside(target, root):
+        raise VspInputError(
+            f"{path}: symbolic link to {target}, outside the image root {root}; remove it, or pass "
+            "--follow-links (follow_links=True) to use links that leave the root"
+        )
+
+
+def _walk_concept(
+    concept: str, top: str, root: str, follow_links: bool, ancestors: frozenset[str] = frozenset()
+) -> list[ImageRecord]:
+    """Every non-hidden file under ``top`` (links followed, each checked), as records of ``concept``."""
+    real = os.path.realpath(top)
+    if real in ancestors:  # a link back to a folder being walked: its files are listed already
+        return []
+    try:
+        with os.scandir(top) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise VspInputError(f"{top}: cannot list the folder ({exc})") from exc
+    records: list[ImageRecord] = []
+    for e in entries:
+        if _hidden(e.name):
+            continue
+        if e.is_symlink():
+            _check_link(e.path, root, follow_links)
+        if e.is_dir():
+            records += _walk_concept(concept, e.path, root, follow_links, ancestors | {real})
+        else:
+            records.append(ImageRecord(concept, e.path))
+    return records
+
+
+def _manifest_from_local_tree(root: Path, follow_links: bool = False) -> list[ImageRecord]:
     root = root.resolve()
     records: list[ImageRecord] = []
     skipped = 0
@@ -123,11 +199,9 @@ def _manifest_from_local_tree(root: Path) -> list[ImageRecord]:
         if not entry.is_dir():
             skipped += 1
             continue
-        for dirpath, dirnames, filenames in os.walk(entry.path):
-            dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-            for name in sorted(filenames):
-                if not _hidden(name):
-                    records.append(ImageRecord(entry.name, str(Path(dirpath, name))))
+        if entry.is_symlink():
+            _check_link(entry.path, str(root), follow_links)
+        records += _walk_concept(entry.name, entry.path, str(root), follow_links)
     if skipped:
         log.warning(
             "%s: ignored %d file(s) directly under the root (images go in <root>/<concept>/)", root, skipped
@@ -179,7 +253,7 @@ def _read_table(src: str):
         raise VspInputError(f"image manifest {src!r} could not be read: {exc}") from exc
 
 
-def _manifest_from_table(src: str) -> list[ImageRecord]:
+def _manifest_from_table(src: str, follow_links: bool = False) -> list[ImageRecord]:
     df = _read_table(src)
     missing = [c for c in ("concept", "uri") if c not in df.columns]
     if missing:
@@ -193,6 +267,7 @@ def _manifest_from_table(src: str) -> list[ImageRecord]:
         base = str(Path(src).resolve().parent)
     records: list[ImageRecord] = []
     seen: dict[tuple[str, str], int] = {}
+    real_dirs: dict[str, str] = {}
     # data row n is line n + 2 of a CSV (1-based, after the header)
     for n, (concept, uri) in enumerate(zip(df["concept"], df["uri"], strict=True)):
         where = f"image manifest {src!r}, row {n + 1}"
@@ -202,7 +277,10 @@ def _manifest_from_table(src: str) -> list[ImageRecord]:
             raise VspInputError(f"{where}: empty concept")
         if not uri or uri.lower() == "nan":
             raise VspInputError(f"{where}: empty uri for concept {concept!r}")
-        resolved = _resolve_uri(uri, base)
+        try:
+            resolved = _resolve_uri(uri, base, follow_links, real_dirs)
+        except VspInputError as exc:
+            raise VspInputError(f"{where}: {exc}") from None
         key = (concept, resolved)
         if key in seen:
             raise VspInputError(f"{where}: duplicate of row {seen[key] + 1} ({concept!r}, {uri!r})")
@@ -211,7 +289,21 @@ def _manifest_from_table(src: str) -> list[ImageRecord]:
     return records
 
 
-def _resolve_uri(uri: str, base: str) -> str:
+def _realpath(path: str, real_dirs: dict[str, str]) -> str:
+    """``os.path.realpath(path)`` with the folders' answers cached (one ``lstat`` per row of a big table)."""
+    head, tail = os.path.split(path)
+    real_head = real_dirs.get(head)
+    if real_head is None:
+        real_head = real_dirs[head] = os.path.realpath(head)
+    full = os.path.join(real_head, tail)
+    return os.path.realpath(full) if os.path.islink(full) else full
+
+
+def _resolve_uri(
+    uri: str, base: str, follow_links: bool = False, real_dirs: dict[str, str] | None = None
+) -> str:
+    """``uri`` of a table row, resolved against the table's folder ``base`` (refusing escapes, see above)."""
+    hint = "write it as an absolute path or uri, or pass --follow-links (follow_links=True) to allow it"
     if _is_s3(uri):
         return uri
     if uri.startswith("file://"):
@@ -221,18 +313,32 @@ def _resolve_uri(uri: str, base: str) -> str:
             raise VspInputError(f"uri {uri!r} is an absolute local path inside an S3 manifest ({base})")
         bucket, _, prefix = base[len("s3://") :].partition("/")
         parts = [p for p in prefix.split("/") if p]
+        depth = len(parts)
         for p in PurePosixPath(uri).parts:
             if p == "..":
                 if not parts:
                     raise VspInputError(f"uri {uri!r} climbs above the bucket of the manifest at {base}")
                 parts.pop()
+                depth = min(depth, len(parts))
             elif p != ".":
                 parts.append(p)
+        if depth < len([p for p in prefix.split("/") if p]) and not follow_links:
+            raise VspInputError(f"uri {uri!r} climbs out of the manifest's folder {base} with '..'; {hint}")
         return f"s3://{bucket}/{'/'.join(parts)}"
-    path = Path(uri).expanduser()
-    if not path.is_absolute():
-        path = Path(base) / path
-    return os.path.normpath(path)
+    path = os.path.expanduser(uri)
+    if os.path.isabs(path):
+        return os.path.normpath(path)
+    joined = os.path.normpath(os.path.join(base, path))
+    if not follow_links:
+        if not _inside(joined, base):
+            raise VspInputError(f"uri {uri!r} climbs out of the manifest's folder {base} with '..'; {hint}")
+        real = _realpath(joined, {} if real_dirs is None else real_dirs)
+        if not _inside(real, base):
+            raise VspInputError(
+                f"uri {uri!r} leads through a symbolic link to {real}, outside the manifest's folder "
+                f"{base}; {hint}"
+            )
+    return joined
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -244,7 +350,11 @@ def _store_for(prefix: str):
 
 
 def read_uri_bytes(uri: str | os.PathLike) -> bytes:
-    """The bytes of a local file or an ``s3://`` object; ``FileNotFoundError`` names the uri."""
+    """The bytes of a local file or an ``s3://`` object; ``FileNotFoundError`` names the uri.
+
+    A local path that is not a regular file (a folder, a device such as ``/dev/zero``, a pipe, a socket) is
+    refused before it is opened: reading one would never end, or block.
+    """
     uri = os.fspath(uri)
     if _is_s3(uri):
         bucket, _, key = uri[len("s3://") :].partition("/")
@@ -252,6 +362,9 @@ def read_uri_bytes(uri: str | os.PathLike) -> bytes:
             raise VspInputError(f"{uri!r} is not an S3 object URI (expected s3://bucket/key)")
         return _store_for(f"s3://{bucket}").read_bytes(key)  # one store (one client) per bucket
     try:
+        mode = os.stat(uri).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise VspInputError(f"{uri}: not a regular file (a device, pipe or socket); remove it")
         return Path(uri).read_bytes()
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"image file {uri!r} does not exist") from exc
@@ -259,8 +372,49 @@ def read_uri_bytes(uri: str | os.PathLike) -> bytes:
         raise VspInputError(f"image path {uri!r} is a folder, not an image file") from exc
 
 
-def _open(data: bytes, name: str) -> Image.Image:
-    """Open and fully decode ``data``; raise :class:`VspInputError` naming ``name`` with the reason."""
+def max_image_pixels(max_pixels: int | None = None) -> int:
+    """The pixel cap in force: ``max_pixels`` when given, else ``$VSP_MAX_IMAGE_PIXELS``, else 40 MP.
+
+    0 turns vsp's cap off (PIL's own hard limit, ``2 * PIL.Image.MAX_IMAGE_PIXELS``, still applies). A value
+    that is not a whole number >= 0 raises :class:`VspInputError` naming the parameter or the variable.
+    """
+    if max_pixels is None:
+        raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not raw:
+            return DEFAULT_MAX_IMAGE_PIXELS
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise VspInputError(
+                f"{MAX_PIXELS_ENV}={raw!r}: expected a whole number of pixels "
+                f"(e.g. {DEFAULT_MAX_IMAGE_PIXELS}), or 0 for no cap"
+            )
+        return value
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0:
+        raise VspInputError(f"max_pixels must be a whole number >= 0 (0: no cap), got {max_pixels!r}")
+    return max_pixels
+
+
+def _too_large(pixels: int, cap: int, size: tuple[int, int] | None = None, pil_limit: int = 0) -> str:
+    """The reason an image is refused for its size, naming the size and the cap (or PIL's limit)."""
+    dims = f"{size[0]}x{size[1]} = " if size else ""
+    if cap and pixels > cap:
+        limit = f"the cap of {cap:,} pixels (set {MAX_PIXELS_ENV} to change it)"
+    else:
+        limit = f"PIL's limit of {pil_limit:,} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS)"
+    return f"image too large: {dims}{pixels:,} pixels exceeds {limit}"
+
+
+def _open(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open ``data``, check its size from the header, then decode it; errors name ``name`` with the reason.
+
+    ``Image.open`` reads only the header, so an image with more than ``max_pixels`` pixels (0: no cap) is
+    refused before any pixel is decoded; PIL's decompression-bomb guard is only a backstop (it refuses in
+    ``Image.open`` above twice its own limit, and its warning may be turned into an error). JPEGs above
+    :data:`DRAFT_MIN_PIXELS` are decoded in draft mode, at least :data:`DRAFT_SIZE` on either side.
+    """
     if len(data) == 0:
         raise VspInputError(f"{name}: empty file (0 bytes)")
     try:
@@ -269,18 +423,22 @@ def _open(data: bytes, name: str) -> Image.Image:
         if name.lower().endswith(IMAGE_EXTENSIONS):
             raise VspInputError(f"{name}: corrupt image (not decodable as any known format)") from exc
         raise VspInputError(f"{name}: unsupported format (not an image file)") from exc
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        EOFError,
-        Image.DecompressionBombError,
-    ) as exc:  # e.g. a cut header
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else 0
+        pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise VspInputError(f"{name}: {_too_large(pixels, max_pixels, pil_limit=pil_limit)}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # e.g. a cut header
         raise VspInputError(f"{name}: corrupt image ({exc})") from exc
     if img.format not in SUPPORTED_FORMATS:
         raise VspInputError(
             f"{name}: unsupported format {img.format} (supported: {', '.join(SUPPORTED_FORMATS)})"
         )
+    width, height = img.size
+    if max_pixels and width * height > max_pixels:
+        raise VspInputError(f"{name}: {_too_large(width * height, max_pixels, (width, height))}")
+    if img.format in ("JPEG", "MPO") and width * height > DRAFT_MIN_PIXELS:
+        img.draft("RGB", (DRAFT_SIZE, DRAFT_SIZE))  # DCT scaling by 1/2..1/8, keeping both sides >= 512
     try:
         img.load()
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
@@ -314,19 +472,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(uri_or_bytes: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+def load_image(
+    uri_or_bytes: str | os.PathLike | bytes, name: str | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Decode an image (local path, ``s3://`` URI, or raw bytes) to an RGB PIL image.
 
-    Raises :class:`VspInputError` (empty, corrupt, unsupported) or ``FileNotFoundError``, naming the uri (or
-    ``name`` for bytes).
+    Raises :class:`VspInputError` (empty, corrupt, unsupported, more pixels than ``max_pixels``: see
+    :func:`max_image_pixels`) or ``FileNotFoundError``, naming the uri (or ``name`` for bytes).
     """
+    cap = max_image_pixels(max_pixels)
     if isinstance(uri_or_bytes, bytes | bytearray | memoryview):
         data = bytes(uri_or_bytes)
         label = name or "<bytes>"
     else:
         label = name or os.fspath(uri_or_bytes)
         data = read_uri_bytes(uri_or_bytes)
-    img = _open(data, label)
+    img = _open(data, label, cap)
     try:
         img = ImageOps.exif_transpose(img) or img
     except Exception:  # noqa: BLE001 - a broken EXIF block is not worth losing the image
@@ -370,24 +531,29 @@ class DecodedBatch(NamedTuple):
     errors: list[tuple[int, str]]
 
 
-def _decode_one(item: ImageRecord | str | os.PathLike) -> torch.Tensor:
+def _decode_one(item: ImageRecord | str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
     uri = item.uri if isinstance(item, ImageRecord) else os.fspath(item)
-    return preprocess(load_image(uri))
+    return preprocess(load_image(uri, max_pixels=max_pixels))
 
 
 def decode_batch(
-    records: Sequence[ImageRecord | str | os.PathLike], strict: bool = False, max_workers: int = 1
+    records: Sequence[ImageRecord | str | os.PathLike],
+    strict: bool = False,
+    max_workers: int = 1,
+    max_pixels: int | None = None,
 ) -> DecodedBatch:
     """Load and preprocess a batch of images for the networks.
 
-    Bad files do not sink the batch: they are left out of ``tensor`` and listed in ``errors`` (and logged).
-    ``strict=True`` raises the first error instead. ``max_workers > 1`` decodes with threads (PIL releases the
-    GIL while decoding).
+    Bad files do not sink the batch: they are left out of ``tensor`` and listed in ``errors`` (and logged),
+    images above the pixel cap (``max_pixels``, see :func:`max_image_pixels`) included. ``strict=True`` raises
+    the first error instead. ``max_workers > 1`` decodes with threads (PIL releases the GIL while decoding).
+    A bad cap setting raises :class:`VspInputError` before any image is read.
     """
+    cap = max_image_pixels(max_pixels)
 
     def attempt(i: int):
         try:
-            return i, _decode_one(records[i]), None
+            return i, _decode_one(records[i], cap), None
         except (VspInputError, OSError) as exc:
             if strict:
                 raise
@@ -414,7 +580,7 @@ def decode_batch(
 # ----------------------------------------------------------------------------------------------- validation
 @dataclass(frozen=True)
 class UnreadableImage:
-    """A file that cannot be used, with the reason (empty, corrupt, unsupported format, missing)."""
+    """A file that cannot be used, with the reason (empty, corrupt, unsupported, too large, missing)."""
 
     concept: str
     uri: str
@@ -498,11 +664,13 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def _check(record: ImageRecord) -> tuple[str | None, str | None, str | None]:
-    """(error, format, mode) of one record, decoding it fully."""
+def _check(
+    record: ImageRecord, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[str | None, str | None, str | None]:
+    """(error, format, mode) of one record, decoding it fully (oversize images are refused unread)."""
     try:
         data = read_uri_bytes(record.uri)
-        img = _open(data, record.uri)
+        img = _open(data, record.uri, max_pixels)
         return None, img.format, img.mode
     except FileNotFoundError:
         return "file not found", None, None
@@ -515,20 +683,24 @@ def _check(record: ImageRecord) -> tuple[str | None, str | None, str | None]:
 
 
 def validate(
-    manifest: Iterable[ImageRecord], concepts: Sequence[str] | None = None, max_workers: int = 4
+    manifest: Iterable[ImageRecord],
+    concepts: Sequence[str] | None = None,
+    max_workers: int = 4,
+    max_pixels: int | None = None,
 ) -> ValidationReport:
     """Decode every image of ``manifest``; compare its concepts with ``concepts`` (e.g. ``norms.concepts``).
 
-    Reports unreadable files (empty, corrupt, unsupported format, missing) with the reason, and, when
-    ``concepts`` is given, the listed concepts without any readable image and the manifest concepts not
-    listed.
+    Reports unreadable files (empty, corrupt, unsupported format, missing, more pixels than the cap of
+    :func:`max_image_pixels`) with the reason, and, when ``concepts`` is given, the listed concepts without
+    any readable image and the manifest concepts not listed.
     """
     records = list(manifest)
+    cap = max_image_pixels(max_pixels)
     if max_workers > 1 and len(records) > 1:
         with ThreadPoolExecutor(max_workers=min(max_workers, len(records))) as pool:
-            checks = list(pool.map(_check, records))
+            checks = list(pool.map(lambda r: _check(r, cap), records))
     else:
-        checks = [_check(r) for r in records]
+        checks = [_check(r, cap) for r in records]
     unreadable: list[UnreadableImage] = []
     modes: Counter[str] = Counter()
     formats: Counter[str] = Counter()

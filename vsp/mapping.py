@@ -22,7 +22,9 @@ Evaluation
 
 Hyper-parameters
     Chosen inside each outer fold by an inner 5-fold CV (``KFold(5, shuffle=True, random_state=unit seed)``)
-    on the outer training concepts only. Score: **mean average precision (MAP)**. Each held-out concept has
+    on the outer training concepts only; a fold with fewer training concepts than inner folds uses one
+    inner fold per training concept (leave-one-out, recorded as the row's ``inner_folds``), and a fold with
+    a single training concept is refused. Score: **mean average precision (MAP)**. Each held-out concept has
     exactly one relevant item (its own gold vector), so its average precision is ``1 / rank``, and MAP is
     the mean of ``1 / rank`` over all inner held-out concepts (the mean reciprocal rank). In the inner CV the
     candidates are the gold vectors of the outer training concepts (``"all"``) or of the inner held-out fold
@@ -304,10 +306,12 @@ def _choose_params(
     inner_folds: int,
     candidates: str,
     device: str,
-) -> tuple[dict[str, Any], float]:
+) -> tuple[dict[str, Any], float, int]:
+    """The best grid point by inner CV, its MAP and the number of inner folds used (0: nothing tuned)."""
     if len(points) == 1:
-        return points[0], float("nan")
-    kf = KFold(n_splits=inner_folds, shuffle=True, random_state=seed % (2**32))
+        return points[0], float("nan"), 0
+    k = _inner_folds(inner_folds, len(train_idx))
+    kf = KFold(n_splits=k, shuffle=True, random_state=seed % (2**32))
     recip = [[] for _ in points]
     pos = {int(c): i for i, c in enumerate(train_idx)}
     for j, (itr, ite) in enumerate(kf.split(train_idx)):
@@ -321,7 +325,30 @@ def _choose_params(
             recip[i].extend((1.0 / cosine_ranks(p, cand, own)).tolist())
     maps = [float(np.mean(r)) for r in recip]
     best = int(np.argmax(maps))
-    return points[best], maps[best]
+    return points[best], maps[best], k
+
+
+_CLAMP_WARNED: set[tuple[int, int]] = set()
+
+
+def _inner_folds(inner_folds: int, n_train: int) -> int:
+    """``inner_folds``, clamped to the training concepts (leave-one-out); refused below 2 concepts."""
+    if n_train < 2:
+        raise VspInputError(
+            f"mapping: {n_train} training concept(s) in an outer fold, too few for the {inner_folds} inner "
+            "folds of the hyper-parameter search (it needs >= 2); use fewer outer folds (--folds), more "
+            "concepts, or a single-point grid"
+        )
+    if n_train >= inner_folds:
+        return inner_folds
+    if (inner_folds, n_train) not in _CLAMP_WARNED:
+        _CLAMP_WARNED.add((inner_folds, n_train))
+        log.warning(
+            "mapping: %d inner folds asked for, but an outer fold has only %d training concepts: "
+            "using %d inner folds (leave-one-out; recorded as inner_folds)",
+            inner_folds, n_train, n_train,
+        )  # fmt: skip
+    return n_train
 
 
 def run_fold(
@@ -340,7 +367,8 @@ def run_fold(
 
     Returns ``{"n_test", "hit1", "hit5", "hit10", "hit20" (percent of test concepts), "params" (JSON of the
     chosen hyper-parameters), "inner_map" (MAP of the chosen point in the inner CV; NaN when nothing was
-    tuned), "ranks" (list of each test concept's rank, in test_idx order)}``.
+    tuned), "inner_folds" (inner folds used: ``inner_folds`` clamped to the training concepts; 0 when
+    nothing was tuned), "ranks" (list of each test concept's rank, in test_idx order)}``.
     """
     if candidates not in ("all", "test"):
         raise VspInputError(f"candidates must be 'all' or 'test', got {candidates!r}")
@@ -350,7 +378,9 @@ def run_fold(
     if np.intersect1d(train_idx, test_idx).size:
         raise VspInputError("run_fold: train and test concepts overlap")
     points = _grid_points(mapper, grid)
-    params, inner_map = _choose_params(mapper, points, X, Y, train_idx, seed, inner_folds, candidates, device)
+    params, inner_map, n_inner = _choose_params(
+        mapper, points, X, Y, train_idx, seed, inner_folds, candidates, device
+    )
     pred = fit_predict(mapper, params, X[train_idx], Y[train_idx], X[test_idx], seed, device)
     if candidates == "all":
         ranks = cosine_ranks(pred, Y, test_idx)
@@ -361,6 +391,7 @@ def run_fold(
         row[f"hit{t}"] = 100.0 * float(np.mean(ranks <= t))
     row["params"] = json.dumps(params, sort_keys=True)
     row["inner_map"] = inner_map
+    row["inner_folds"] = n_inner
     row["ranks"] = ranks.tolist()
     return row
 

@@ -16,10 +16,24 @@ unit: Hit@T pooled over folds) and ``mapping/table2.txt`` are rewritten at the e
 
 Targets: the PF-valued property vectors (``norms.pf``) of the embedding's concepts that are in the norms and
 have at least one property; the candidate set of the ranking is all of those concepts (`vsp.mapping`).
+
+Meta-embeddings and the test concepts (``meta_fit``)
+    ``"all"`` (default): the SVD and 1ToN embeddings (and their ``+text`` versions) are used as `vsp meta`
+    stored them, fitted once, label-free, on **all** concepts, including those each outer fold tests on
+    (transductive; presumably as in the paper). ``"train"``: inductive; in each outer fold the unit refits
+    the meta-embedding from the stored features on the fold's **training** concepts only (`MetaRefit`): SVD
+    projects the test concepts onto the training basis (`vsp.meta.svd_meta_inductive`), 1ToN trains on the
+    training concepts and solves the test concepts' meta-embeddings by least squares through its learned maps
+    (`vsp.meta.onetoN_project`); a ``+text`` embedding then joins the text vectors as `vsp meta` does. Each
+    fold's refitted image embedding is cached once under ``mapping/meta_fit/<image embedding>/<key>/`` (the
+    kNN, ridge and MLP units of that fold share it). Other embeddings are mapped as stored either way. The
+    choice is part of the run's identity and is printed under Table 2.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import time
@@ -31,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from vsp import mapping
+from vsp.bookkeeping import MarkerScan, open_manifest, scan_markers, write_marker, write_output
 from vsp.embeddings import MANIFEST as META_MANIFEST
 from vsp.embeddings import Embedding, PaperCheck, embedding_names, read_embedding, write_text
 from vsp.errors import ConfigMismatchError, VspInputError
@@ -40,11 +55,15 @@ from vsp.store import Store
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "META_FIT",
     "UNIT_SCHEMA",
     "MappingConfig",
     "MappingData",
     "MappingSummary",
+    "MetaRefit",
     "Unit",
+    "meta_fit_note",
+    "meta_fold_matrix",
     "plan_units",
     "prepare",
     "read_rows",
@@ -57,6 +76,10 @@ ROOT = "mapping"
 MANIFEST = f"{ROOT}/manifest.json"
 TABLE2 = f"{ROOT}/table2.parquet"
 TABLE2_TXT = f"{ROOT}/table2.txt"
+META_FIT_ROOT = f"{ROOT}/meta_fit"
+#: ``all``: SVD / 1ToN fitted once on every concept (transductive); ``train``: refitted per outer fold.
+META_FIT = ("all", "train")
+META_KINDS = ("svd", "1ton")
 
 UNIT_SCHEMA = pa.schema(
     [
@@ -71,14 +94,11 @@ UNIT_SCHEMA = pa.schema(
         ("hit20", pa.float64()),
         ("params", pa.string()),
         ("inner_map", pa.float64()),
+        ("inner_folds", pa.int32()),  # inner CV folds used (fewer than asked when the training fold is small)
         ("test_concepts", pa.list_(pa.string())),
         ("ranks", pa.list_(pa.int32())),
     ]
 )
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,7 @@ class MappingConfig:
     mlp_weight_decay: tuple[float, ...] | None = None
     ridge_alphas: tuple[float, ...] | None = None
     folds_per_task: int = 0  # 0: auto (1 for the MLP, all folds of a repeat otherwise)
+    meta_fit: str = "all"  # all | train: where the SVD / 1ToN meta-embeddings are fitted (module docstring)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.mappers if m not in mapping.MAPPERS]
@@ -119,6 +140,8 @@ class MappingConfig:
             raise VspInputError(f"candidates must be 'all' or 'test', got {self.candidates!r}")
         if self.folds_per_task < 0:
             raise VspInputError(f"folds_per_task must be >= 0, got {self.folds_per_task}")
+        if self.meta_fit not in META_FIT:
+            raise VspInputError(f"meta_fit must be one of {', '.join(META_FIT)}, got {self.meta_fit!r}")
 
     def grid(self, mapper: str) -> dict[str, list[Any]]:
         """The hyper-parameter grid searched by the inner CV for ``mapper``."""
@@ -151,14 +174,40 @@ class MappingConfig:
 
 
 @dataclass
+class MetaRefit:
+    """How an SVD / 1ToN meta embedding is refitted in each outer fold (``meta_fit="train"``).
+
+    ``image``: the image embedding whose fit this is (the embedding itself, or the image part of a ``+text``
+    one). ``sources``: its feature layers, in the meta stage's order; ``rows``: the feature-store row of each
+    mapped concept (`MappingData.concepts` order). ``params``: svd ``weights``, ``dim``; 1ton ``k``,
+    ``scales``, ``betas``, ``lam``, ``seed``, ``epochs``, ``lr`` (as `vsp meta` used them). ``text``: for a
+    ``+text`` embedding the mapped concepts' stored text vectors, else None. ``key``: a digest of everything
+    the fold fits depend on (features, sources, concepts, params, CV plan): names their cache.
+    """
+
+    kind: str
+    model: str
+    image: str
+    sources: list[str]
+    rows: list[int]
+    params: dict[str, Any]
+    key: str
+    text: np.ndarray | None = None
+
+
+@dataclass
 class MappingData:
-    """One embedding's inputs: X (embedding rows) and Y (PF property vectors) of the shared concepts."""
+    """One embedding's inputs: X (embedding rows) and Y (PF property vectors) of the shared concepts.
+
+    ``refit``: with ``meta_fit="train"``, how each outer fold recomputes X for an SVD / 1ToN embedding.
+    """
 
     name: str
     concepts: list[str]
     X: np.ndarray
     Y: np.ndarray
     digest: str
+    refit: MetaRefit | None = None
 
 
 @dataclass(frozen=True)
@@ -258,9 +307,147 @@ def prepare(store: Store, norms: Norms, config: MappingConfig) -> tuple[list[Map
             f"{store.uri}: no embeddings; run `vsp meta` first (`vsp meta --text glove --norms ...` "
             "builds a text-only store)"
         )
-    data = [align(read_embedding(store, n), norms) for n in names]
+    data = []
+    for n in names:
+        emb = read_embedding(store, n)
+        d = align(emb, norms)
+        if config.meta_fit == "train":
+            d.refit = refit_spec(store, emb, d, config)
+        data.append(d)
     identity = {"format": 1, "config": config.identity(), "norms": pf_digest(norms)}
     return data, identity
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def refit_spec(store: Store, emb: Embedding, data: MappingData, config: MappingConfig) -> MetaRefit | None:
+    """What refitting ``emb`` per outer fold needs (None for an embedding that is not SVD / 1ToN based).
+
+    Read from the meta stage's records: the image embedding's marker (sources, weights or scales and betas),
+    the meta manifest (1ToN's size, seed, epochs, learning rate, penalty) and the feature store, which must
+    be the one the meta-embeddings were built from.
+    """
+    from vsp.embeddings import read_embedding_info
+    from vsp.features import FeatureStore
+
+    kind = emb.info.get("kind")
+    if kind not in META_KINDS:
+        return None
+    image = str(emb.info.get("image") or emb.name)
+    marker = read_embedding_info(store, image)
+    meta_id = store.read_json(META_MANIFEST)["identity"]
+    man = FeatureStore(store).manifest()
+    if man is None:
+        raise VspInputError(
+            f"{store.uri}: meta_fit=train refits {emb.name} from the features `vsp meta` built it from, "
+            "but the store has no features"
+        )
+    features = _sha(man["identity"])
+    if meta_id.get("features") not in (None, features):
+        raise ConfigMismatchError(
+            f"{store.uri}: the features changed since `vsp meta` built {emb.name}; rerun `vsp meta`"
+        )
+    sources = list(marker["sources"])
+    mc = meta_id["config"]
+    if kind == "svd":
+        dim = int(marker.get("dim_requested", mc["dim"]))
+        params: dict[str, Any] = {"weights": list(marker["weights"]), "dim": dim}
+    else:
+        params = {
+            "k": int(mc["k"]),
+            "scales": list(marker.get("scales") or [1.0] * len(sources)),  # older markers: unscaled sources
+            "betas": list(marker["betas"]),
+            "lam": float(mc["onetoN_lam"]),
+            "seed": int(mc["seed"]),
+            "epochs": int(mc["onetoN_epochs"]),
+            "lr": float(mc["onetoN_lr"]),
+        }
+    index = {c: i for i, c in enumerate(man["identity"]["concepts"])}
+    missing = [c for c in data.concepts if c not in index]
+    if missing:
+        raise VspInputError(f"{emb.name}: concepts {missing[:5]} have no features to refit from")
+    rows = [index[c] for c in data.concepts]
+    text = None
+    if emb.info.get("text"):  # <image>+<text name>
+        temb = read_embedding(store, emb.name[len(image) + 1 :])
+        tpos = {c: i for i, c in enumerate(temb.concepts)}
+        text = temb.matrix[[tpos[c] for c in data.concepts]]
+    cv = [config.repeats, config.folds, config.seed]
+    key = _sha([features, image, kind, sources, data.concepts, params, cv])[:16]
+    return MetaRefit(str(kind), str(emb.info.get("model")), image, sources, rows, params, key, text)
+
+
+_SOURCES: dict[tuple, list[np.ndarray]] = {}  # the last embedding's source rows (units come in order)
+
+
+def _source_rows(store: Store, r: MetaRefit) -> list[np.ndarray]:
+    """The refit's source layers, rows of the mapped concepts (the last one read is kept per process)."""
+    key = (store.uri, r.model, tuple(r.sources), tuple(r.rows))
+    if key not in _SOURCES:
+        from vsp.features import FeatureStore
+
+        fs = FeatureStore(store)
+        rows = np.asarray(r.rows, dtype=np.int64)
+        mats = [np.asarray(fs.read(r.model, name))[rows] for name in r.sources]
+        _SOURCES.clear()
+        _SOURCES[key] = mats
+    return _SOURCES[key]
+
+
+def fit_fold(
+    mats: Sequence[np.ndarray], r: MetaRefit, split: mapping.Split, device: str = "cpu"
+) -> np.ndarray:
+    """The image meta-embedding of one outer fold: fitted on ``split.train``, test rows projected; float32."""
+    from vsp.meta import onetoN_meta, onetoN_project, svd_meta_inductive
+
+    tr, te = split.train, split.test
+    p = r.params
+    if r.kind == "svd":
+        a, b = svd_meta_inductive(mats, tr, te, p["weights"], dim=p["dim"])
+    else:
+        fit = onetoN_meta(
+            [m[tr] for m in mats], k=p["k"], betas=p["betas"], lam=p["lam"], seed=p["seed"],
+            epochs=p["epochs"], lr=p["lr"], device=device, scales=p["scales"],
+        )  # fmt: skip
+        a, b = fit.embeddings, onetoN_project([m[te] for m in mats], fit)
+    out = np.zeros((len(r.rows), a.shape[1]), dtype=np.float32)
+    out[tr], out[te] = a, b
+    return out
+
+
+def _load_npy(store: Store, path: str) -> np.ndarray:
+    return np.load(io.BytesIO(store.read_bytes(path)), allow_pickle=False)
+
+
+def meta_fold_matrix(
+    store: Store, data: MappingData, split: mapping.Split, device: str = "cpu"
+) -> np.ndarray:
+    """X of one outer fold for an inductive meta embedding (``data.refit``), float64 like `align`'s.
+
+    The image part is read from the fold's cache, or fitted (`fit_fold`) and cached write-once (of two units
+    fitting the same fold at once, both use the one stored first); a ``+text`` embedding then joins the text
+    vectors with `vsp.text.multimodal`, exactly as the meta stage built it.
+    """
+    r = data.refit
+    if r is None:
+        raise VspInputError(f"{data.name}: not an inductive meta embedding")
+    path = f"{META_FIT_ROOT}/{r.image}/{r.key}/r{split.repeat}-f{split.fold}.npy"
+    if store.exists(path):
+        img = _load_npy(store, path)
+    else:
+        img = fit_fold(_source_rows(store, r), r, split, device)
+        buf = io.BytesIO()
+        np.save(buf, img, allow_pickle=False)
+        if not store.create_exclusive(path, buf.getvalue()):
+            img = _load_npy(store, path)
+    if r.text is None:
+        return np.asarray(img, dtype=np.float64)
+    from vsp.text import multimodal
+
+    _, mm = multimodal((data.concepts, r.text), (data.concepts, img))
+    return np.asarray(mm, dtype=np.float64)
 
 
 def open_run(
@@ -269,57 +456,63 @@ def open_run(
     data: Sequence[MappingData],
     norms_shape: Sequence[int] | None = None,
 ) -> None:
-    """Record the run (and each embedding's digest), or refuse a prefix holding a different mapping run."""
-    if store.exists(MANIFEST):
-        man = store.read_json(MANIFEST)
-        have = man["identity"]
-        if have != identity:
-            diff = [k for k in sorted(set(have) | set(identity)) if have.get(k) != identity.get(k)]
-            if "config" in diff:
-                ca, cb = have.get("config", {}), identity.get("config", {})
-                diff = [f"config.{k}" for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)] + [
-                    k for k in diff if k != "config"
-                ]
-            raise ConfigMismatchError(
-                f"{store.uri}/{MANIFEST} holds a different mapping run (differs in: {', '.join(diff)}); "
-                "use another --store prefix or delete its mapping/ folder"
-            )
-        digests = dict(man.get("embeddings", {}))
-        changed = [d.name for d in data if d.name in digests and digests[d.name] != d.digest]
-        if changed:
-            raise ConfigMismatchError(
-                f"{store.uri}/{MANIFEST}: embeddings {changed} changed since they were mapped; "
-                "delete the mapping/ folder to map them again"
-            )
-        new = {d.name: d.digest for d in data if d.name not in digests}
-        if new:
-            store.write_json(MANIFEST, {**man, "embeddings": {**digests, **new}})
+    """Claim the prefix for this mapping run (with each embedding's digest), join it, or refuse another run.
+
+    Embeddings mapped for the first time are added to the manifest's digests (a superset: nothing recorded
+    is ever dropped); an embedding whose digest changed since it was mapped is refused.
+    """
+    digests_now = {d.name: d.digest for d in data}
+    extra = {"embeddings": digests_now, "norms_shape": list(norms_shape) if norms_shape else None}
+    man, created = open_manifest(store, MANIFEST, identity, "mapping run", extra)
+    if created:
         return
-    store.write_json(
-        MANIFEST,
-        {
-            "identity": identity,
-            "embeddings": {d.name: d.digest for d in data},
-            "norms_shape": list(norms_shape) if norms_shape else None,
-            "created": _now(),
-        },
-    )
+    digests = dict(man.get("embeddings", {}))
+    changed = [d.name for d in data if d.name in digests and digests[d.name] != d.digest]
+    if changed:
+        raise ConfigMismatchError(
+            f"{store.uri}/{MANIFEST}: embeddings {changed} changed since they were mapped; "
+            "delete the mapping/ folder to map them again"
+        )
+    if any(n not in digests for n in digests_now):
+        latest = store.read_json(MANIFEST)  # re-read just before the write: keep what others added
+        merged = {**digests_now, **latest.get("embeddings", {})}
+        store.write_json(MANIFEST, {**latest, "embeddings": merged})
+
+
+def _legacy_outputs(marker: str, _doc: dict) -> list[dict]:
+    """A marker written before markers listed their outputs covers its unit's Parquet."""
+    return [{"key": f"{ROOT}/units/{_rel(marker)}.parquet"}]
+
+
+def done_markers(store: Store, units: Sequence[Unit] | None = None) -> MarkerScan:
+    """The units' markers checked against their Parquet (every marker when ``units`` is None)."""
+    only = None if units is None else [u.marker_path for u in units]
+    return scan_markers(store, f"{ROOT}/done", [f"{ROOT}/units"], _legacy_outputs, only)
 
 
 def pending(store: Store, units: Sequence[Unit]) -> list[Unit]:
-    """Units whose marker is missing."""
-    return [u for u in units if not store.exists(u.marker_path)]
+    """Units not proven done: no marker, or a marker whose Parquet is missing or of another size."""
+    scan = done_markers(store, units)
+    return [u for u in units if u.marker_path not in scan]
 
 
 def compute_unit(
-    data: MappingData, config: MappingConfig, unit: Unit, splits: Sequence[mapping.Split], device: str = "cpu"
+    data: MappingData,
+    config: MappingConfig,
+    unit: Unit,
+    splits: Sequence[mapping.Split],
+    device: str = "cpu",
+    fold_x: Callable[[mapping.Split], np.ndarray] | None = None,
 ) -> pa.Table:
-    """Run the unit's folds (`vsp.mapping.run_fold`); a table of UNIT_SCHEMA rows. Pure: no I/O."""
+    """Run the unit's folds (`vsp.mapping.run_fold`); a table of UNIT_SCHEMA rows. No I/O of its own.
+
+    ``fold_x(split)``: the fold's X (an inductive meta embedding, `meta_fold_matrix`); default ``data.X``.
+    """
     rows = []
     grid = config.grid(unit.mapper)
     for sp in splits:
         r = mapping.run_fold(
-            data.X,
+            data.X if fold_x is None else fold_x(sp),
             data.Y,
             unit.mapper,
             sp.train,
@@ -340,6 +533,7 @@ def compute_unit(
                 **{f"hit{t}": r[f"hit{t}"] for t in mapping.HITS},
                 "params": r["params"],
                 "inner_map": r["inner_map"],
+                "inner_folds": r["inner_folds"],
                 "test_concepts": [data.concepts[i] for i in sp.test],
                 "ranks": [int(x) for x in r["ranks"]],
             }
@@ -363,17 +557,18 @@ def run_unit(
 ) -> int:
     """Compute one unit, write its Parquet, then its marker; returns the number of folds."""
     t0 = time.perf_counter()
-    table = compute_unit(data, config, unit, splits or unit_splits(data, config, unit), device)
-    store.write_parquet(unit.result_path, table)
-    store.write_json(
-        unit.marker_path,
-        {
-            "folds": table.num_rows,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "device": device,
-            "finished": _now(),
-        },
-    )
+    fold_x = None
+    info: dict[str, Any] = {}
+    if data.refit is not None:
+
+        def fold_x(sp: mapping.Split) -> np.ndarray:
+            return meta_fold_matrix(store, data, sp, device)
+
+        info = {"meta_fit": "train", "meta_fit_key": data.refit.key}
+    table = compute_unit(data, config, unit, splits or unit_splits(data, config, unit), device, fold_x)
+    out = write_output(store, unit.result_path, table)
+    seconds = round(time.perf_counter() - t0, 3)
+    write_marker(store, unit.marker_path, [out], folds=table.num_rows, seconds=seconds, device=device, **info)
     return table.num_rows
 
 
@@ -381,11 +576,11 @@ def read_rows(store: Store, units: Sequence[Unit] | None = None):
     """Every finished unit's rows (all of the store's when ``units`` is None), as a pandas DataFrame."""
     import pandas as pd
 
+    scan = done_markers(store, units)
     if units is None:
-        keys = [k for k in store.list(f"{ROOT}/done") if k.endswith(".json")]
-        paths = [f"{ROOT}/units/{_rel(k)}.parquet" for k in keys]
+        paths = [f"{ROOT}/units/{_rel(k)}.parquet" for k in sorted(scan.done)]
     else:
-        paths = [u.result_path for u in units if store.exists(u.marker_path)]
+        paths = [u.result_path for u in units if u.marker_path in scan]
     if not paths:
         return pd.DataFrame(columns=UNIT_SCHEMA.names)
     return pa.concat_tables([store.read_parquet(p) for p in paths]).to_pandas()
@@ -438,9 +633,54 @@ def finish(store: Store, check: PaperCheck | None = None) -> list[str]:
     ]
     summary["n_folds"] = summary["n_folds"].astype(np.int64)
     summary["n_test"] = summary["n_test"].astype(np.int64)
+    fit = recorded_meta_fit(store)
+    summary["meta_fit"] = [fit if _is_meta(store, e) else None for e in summary["embedding"]]
     store.write_parquet(TABLE2, pa.Table.from_pandas(summary, preserve_index=False))
     write_text(store, TABLE2_TXT, table2_text(store, check))
     return [TABLE2, TABLE2_TXT]
+
+
+def recorded_meta_fit(store: Store) -> str:
+    """The ``meta_fit`` of the store's mapping run (``all`` for runs recorded before the option)."""
+    if not store.exists(MANIFEST):
+        return "all"
+    return str(store.read_json(MANIFEST).get("identity", {}).get("config", {}).get("meta_fit", "all"))
+
+
+def _is_meta(store: Store, name: str) -> bool:
+    """Whether the stored embedding ``name`` is SVD / 1ToN based (its own kind or its image part's)."""
+    from vsp.embeddings import read_embedding_info
+
+    try:
+        return read_embedding_info(store, name).get("kind") in META_KINDS
+    except (OSError, VspInputError, KeyError):
+        return False
+
+
+META_FIT_NOTES = {
+    "all": (
+        "SVD and 1ToN meta-embeddings (and their +text rows) are fitted once, label-free, on all concepts, "
+        "including the ones each outer fold tests on (transductive; presumably as in the paper); "
+        "`map.meta_fit: train` (`vsp map --meta-fit train`) refits them per outer fold on its training "
+        "concepts."
+    ),
+    "train": (
+        "SVD and 1ToN meta-embeddings (and their +text rows) are refitted in every outer fold on its "
+        "training concepts only (inductive, meta_fit: train): the test concepts are projected onto the "
+        "training SVD basis, or their 1ToN meta-embeddings solved by least squares through the maps learned "
+        "on the training concepts."
+    ),
+}
+
+
+def meta_fit_note(store: Store) -> str:
+    """One sentence on where the mapped SVD / 1ToN meta-embeddings were fitted ("" when none was mapped)."""
+    if not store.exists(MANIFEST):
+        return ""
+    names = store.read_json(MANIFEST).get("embeddings", {})
+    if not any(_is_meta(store, n) for n in names):
+        return ""
+    return META_FIT_NOTES.get(recorded_meta_fit(store), "")
 
 
 def _embedding_order(store: Store, names: list[str]) -> dict[str, int]:
@@ -479,6 +719,9 @@ def table2_text(store: Store, check: PaperCheck | None = None) -> str:
             + f"{r['mapper']:<7}{int(r['n_folds']):>6}{n_concepts:>9}"
             + "".join(cells)
         )
+    fit_note = meta_fit_note(store)
+    if fit_note:
+        lines.append(f"meta-embeddings: {fit_note}")
     if check is not None:
         lines.append(f"note: {check.note()}")
     return "\n".join(lines)

@@ -30,8 +30,47 @@ Layer selections (:func:`select_layers`):
   expression ``"re:<pattern>"`` matched with ``re.fullmatch`` against every module name. Either way the result
   is in module order, without duplicates.
 
+The default everywhere (CLI, run file, :class:`vsp.features.ExtractionConfig`, :class:`vsp.extract.
+MultiNetExtractor`) is ``"paper"``; for AlexNet, VGG16 and ResNet34 it is the same taps as ``"all-conv"``.
+
 Tap kinds: ``"conv"`` (an ``nn.Conv2d``), ``"block"`` (a DenseNet dense layer), ``"transition"`` (a DenseNet
 transition), ``"penultimate"``, and ``"module"`` for any other module picked by name or regex.
+
+Activation points (:func:`activation_taps`, ``--activation``)
+------------------------------------------------------------
+Which value of a tap is pooled. ``"conv"`` (the default) is the tapped module's own output: a conv tap is the
+raw ``nn.Conv2d`` output (before the BatchNorm of ResNet/DenseNet, before the ReLU of AlexNet/VGG), a dense
+layer its 32 new channels as its 3x3 conv outputs them, a transition its average-pooled output.
+
+``"bn"`` is the tap's output as the BatchNorm that follows it normalises it (eval mode: running statistics):
+
+- a conv tap: the BatchNorm that is the only consumer of the conv's output (found by ``torch.fx`` tracing).
+  ResNet: ``conv1`` -> ``bn1``, ``layerX.Y.convK`` -> ``layerX.Y.bnK``, ``downsample.0`` -> ``downsample.1``;
+  DenseNet: ``features.conv0`` -> ``features.norm0``, ``denselayerN.conv1`` -> ``denselayerN.norm2``.
+  A ``denselayerN.conv2`` is that dense layer's output (next item).
+- a DenseNet dense layer (and its ``conv2``): DenseNet is pre-activation: a layer's new channels are
+  concatenated to the block's state, and every later consumer applies its *own* BatchNorm to them. ``bn`` is
+  the *first* consumer's: the next dense layer's ``norm1`` (the block's last layer: the transition's
+  ``norm``; the last layer of the last block: ``features.norm5``), restricted to the layer's channel slice
+  ``[k, k + 32)`` of that BatchNorm, where ``k`` is the layer's input width (``norm1.num_features``), e.g.
+  ``features.denseblock1.denselayer3.norm1[96:128]`` for ``denselayer2``.
+- a DenseNet transition: the next block's first dense layer's ``norm1``, channels ``[0, C)``.
+- no BatchNorm follows (every conv of AlexNet/VGG; a DenseNet transition's ``conv``, which an average pool
+  follows): ``bn`` is the tap's own output, the same numbers as ``"conv"``. The tap records activation
+  ``"conv"`` and the extractor logs which taps these are.
+
+``"relu"`` is ``relu`` of the ``"bn"`` value (of the tap's own output where no BatchNorm follows), computed
+from that value, never read from the network's ReLU modules (ResNet's ``BasicBlock`` uses one ``relu`` module
+twice, the second time after the residual add). Where the network applies that ReLU itself it is the value
+the network computes: AlexNet/VGG (``ReLU`` after every conv), ResNet's ``conv1`` and every block's
+``conv1``, DenseNet's ``conv0``, ``denselayerN.conv1`` and every dense layer and transition (the consumer's
+``relu1``/``relu`` reads its BatchNorm's output). For a ResNet block's ``conv2`` and ``downsample.0`` it is
+``relu(bn2(conv2(.)))`` / ``relu(downsample.1(.))`` of that branch *before* the residual add, a value the
+network itself never forms (it adds the branches first, then applies the ReLU).
+
+Module taps (kind ``"module"``) have no defined BatchNorm: ``"bn"`` and ``"relu"`` refuse them, naming the
+tap. The penultimate tap is never changed (it is the classifier's input, recorded as
+``"classifier-input"``).
 
 The penultimate representation (:func:`penultimate_tap`) is the input of the last ``nn.Linear`` in module
 order (the classifier), captured with a forward pre-hook. AlexNet/VGG: the second fully connected layer after
@@ -47,13 +86,13 @@ import io
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.densenet import _DenseLayer, _Transition
+from torchvision.models.densenet import _DenseBlock, _DenseLayer, _Transition
 
 from vsp.errors import VspInputError
 
@@ -61,6 +100,11 @@ log = logging.getLogger(__name__)
 
 PAPER_MODELS = ("alexnet", "vgg16", "resnet34", "densenet169")
 PENULTIMATE = "penultimate"
+DEFAULT_LAYERS = "paper"
+#: Where a tap's value is read (module docstring): the module's own output, after the BatchNorm that follows
+#: it, or that through a ReLU.
+ACTIVATIONS = ("conv", "bn", "relu")
+CLASSIFIER_INPUT = "classifier-input"  # the penultimate tap's activation: never changed
 
 
 @dataclass(frozen=True)
@@ -69,7 +113,11 @@ class Tap:
 
     ``name`` is the tap's key (the module name, or ``"penultimate"``); ``index`` its position in the model's
     tap list (depth order); ``kind`` one of ``conv``, ``block``, ``transition``, ``penultimate``, ``module``;
-    ``module`` the name of the module the hook is registered on (for the penultimate tap, the last Linear).
+    ``module`` the name of the module the hook is registered on (for the penultimate tap, the last Linear; for
+    a ``bn``/``relu`` point, the BatchNorm). ``activation`` is the point actually pooled (``conv``, ``bn``,
+    ``relu``, or ``classifier-input`` for the penultimate tap); ``bn`` the BatchNorm read for it (``""``:
+    none) and ``channels`` the ``[start, stop)`` slice of that BatchNorm's output channels that are this
+    tap's (``None``: all of them).
     """
 
     model: str
@@ -77,11 +125,21 @@ class Tap:
     index: int
     kind: str
     module: str = ""
+    activation: str = "conv"
+    bn: str = ""
+    channels: tuple[int, int] | None = None
 
     @property
     def module_name(self) -> str:
         """The module the hook goes on (``module`` if set, else ``name``)."""
         return self.module or self.name
+
+    @property
+    def bn_point(self) -> str:
+        """The BatchNorm read, with its channel slice if any (``"a.norm1[64:96]"``); ``""`` for none."""
+        if not self.bn:
+            return ""
+        return self.bn if self.channels is None else f"{self.bn}[{self.channels[0]}:{self.channels[1]}]"
 
 
 def available_models() -> list[str]:
@@ -124,7 +182,7 @@ def _read_weights_file(uri: str) -> bytes:
 
     parent, fname = _split_uri(uri)
     try:
-        return open_store(parent).read_bytes(fname)
+        return open_store(parent, create=False).read_bytes(fname)
     except FileNotFoundError as exc:
         raise VspInputError(
             f"weights file {uri!r} not found; pass 'random', 'imagenet', or a path/s3:// URI of a state_dict"
@@ -274,4 +332,120 @@ def penultimate_tap(model: nn.Module, name: str, index: int | None = None) -> Ta
         )
     if index is None:
         index = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    return Tap(model=name, name=PENULTIMATE, index=index, kind="penultimate", module=linears[-1])
+    return Tap(
+        model=name, name=PENULTIMATE, index=index, kind="penultimate", module=linears[-1],
+        activation=CLASSIFIER_INPUT,
+    )  # fmt: skip
+
+
+def _following_bn(model: nn.Module, name: str) -> dict[str, str]:
+    """Conv module name -> the BatchNorm module that is the only consumer of its output (``torch.fx``)."""
+    from torch import fx
+
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as exc:  # noqa: BLE001 - any tracing failure: the structure cannot be read
+        raise VspInputError(
+            f"model {name!r} cannot be traced with torch.fx, so the BatchNorm after each conv is unknown "
+            f"({type(exc).__name__}: {exc}); use activation 'conv'"
+        ) from exc
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    out: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.Conv2d):
+            continue
+        users = list(node.users)
+        if len(users) != 1 or calls[node.target] != 1:
+            continue
+        user = users[0]
+        if (
+            user.op == "call_module"
+            and isinstance(modules.get(user.target), nn.modules.batchnorm._BatchNorm)
+            and user.args[:1] == (node,)
+            and calls[user.target] == 1
+        ):
+            out[node.target] = user.target
+    return out
+
+
+def _dense_consumers(model: nn.Module) -> dict[str, tuple[str, tuple[int, int]]]:
+    """DenseNet layer/transition name -> (the first BatchNorm that reads its output, its channel slice)."""
+    out: dict[str, tuple[str, tuple[int, int]]] = {}
+
+    def first_bn(prefix: str, module: nn.Module) -> str | None:
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return prefix
+        if isinstance(module, _Transition):
+            return f"{prefix}.norm"
+        if isinstance(module, _DenseBlock):
+            first = next((n for n, m in module.named_children() if isinstance(m, _DenseLayer)), None)
+            return f"{prefix}.{first}.norm1" if first else None
+        return None
+
+    for pname, parent in model.named_modules():
+        kids = list(parent.named_children())
+        pre = f"{pname}." if pname else ""
+        for i, (cname, child) in enumerate(kids):
+            after = first_bn(pre + kids[i + 1][0], kids[i + 1][1]) if i + 1 < len(kids) else None
+            if isinstance(child, _Transition) and after:
+                out[pre + cname] = (after, (0, child.conv.out_channels))
+            if isinstance(child, _DenseBlock):
+                layers = [(n, m) for n, m in child.named_children() if isinstance(m, _DenseLayer)]
+                for j, (lname, layer) in enumerate(layers):
+                    bn = f"{pre}{cname}.{layers[j + 1][0]}.norm1" if j + 1 < len(layers) else after
+                    if bn:
+                        k = layer.norm1.num_features
+                        out[f"{pre}{cname}.{lname}"] = (bn, (k, k + layer.conv2.out_channels))
+    return out
+
+
+def activation_taps(model: nn.Module, name: str, taps: list[Tap], activation: str = "conv") -> list[Tap]:
+    """``taps`` resolved to ``activation`` (``conv``/``bn``/``relu``, module docstring): where each hook goes.
+
+    ``conv`` returns the taps unchanged. Otherwise every conv, dense-layer and transition tap gets the
+    BatchNorm that follows it (``module``, ``bn``, ``channels``) and its activation; a tap that no BatchNorm
+    follows keeps its module and records ``conv`` (for ``bn``) or ``relu`` (its own output through a ReLU).
+    Module taps are refused with :class:`VspInputError` naming the tap.
+    """
+    if activation not in ACTIVATIONS:
+        raise VspInputError(f"unknown activation point {activation!r}; use one of {', '.join(ACTIVATIONS)}")
+    if activation == "conv":
+        return list(taps)
+    bad = [t.name for t in taps if t.kind == "module"]
+    if bad:
+        raise VspInputError(
+            f"activation {activation!r} is defined for conv layers and DenseNet dense layers/transitions, "
+            f"not for module tap {bad[0]!r} of model {name!r}"
+            + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+            + "; tap the conv layers, or use activation 'conv'"
+        )
+    modules = dict(model.named_modules())
+    follows = _following_bn(model, name) if any(t.kind == "conv" for t in taps) else {}
+    dense = _dense_consumers(model) if any(isinstance(m, _DenseLayer) for m in modules.values()) else {}
+    out: list[Tap] = []
+    for t in taps:
+        if t.kind == "penultimate":
+            out.append(t)
+            continue
+        source: tuple[str, tuple[int, int] | None] | None = None
+        if t.kind == "conv" and t.name in follows:
+            source = (follows[t.name], None)
+        elif t.kind in ("block", "transition") and t.name in dense:
+            source = dense[t.name]
+        elif t.kind == "conv" and t.name.endswith(".conv2"):
+            parent = t.name.rsplit(".", 1)[0]
+            if isinstance(modules.get(parent), _DenseLayer) and parent in dense:
+                source = dense[parent]  # a dense layer's conv2 output *is* the layer's output
+        if source is None:
+            out.append(replace(t, activation="conv" if activation == "bn" else "relu"))
+            continue
+        bn, channels = source
+        width = modules[bn].num_features
+        if channels is not None and channels[1] > width:  # pragma: no cover - a foreign DenseNet variant
+            raise VspInputError(f"model {name!r}: {bn} has {width} channels, tap {t.name!r} needs {channels}")
+        out.append(replace(t, module=bn, activation=activation, bn=bn, channels=channels))
+    return out

@@ -10,9 +10,11 @@ Tab-separated text, UTF-8 (CSLB is ASCII), LF or CRLF line endings, header on li
     domain  feature type  concept  feature  pf  feature alternatives  participant list
 
 Only ``feature type``, ``concept``, ``feature`` and ``pf`` are used; every row must have as many fields as the
-header. Blank lines are skipped. A missing column, a ragged row, a non-numeric or negative ``pf``, an empty
-concept or feature, an unknown feature type, an empty file or a file without data rows raises
-:class:`~vsp.errors.VspInputError` naming the file and the 1-based line number.
+header. Blank lines are skipped. ``pf`` is a plain decimal number (``5``, ``5.0``, ``.5``, ``5e1``; no
+underscores, ``inf``, ``nan``, hex or non-ASCII digits) from 0 to :data:`MAX_PF`. A missing or repeated
+column, CR-only (classic Mac OS) line endings, a ragged row, a bad ``pf``, an empty concept or feature, an
+unknown feature type, an empty file or a file without data rows raises :class:`~vsp.errors.VspInputError`
+naming the file and the 1-based line number.
 
 Rules (in the order they are applied)
 -------------------------------------
@@ -34,21 +36,23 @@ Rules (in the order they are applied)
    visual perceptual 156, functional 94, encyclopaedic 65, taxonomic 46, other perceptual 29.
 4. **Fine-grained type of a property** (paper section 4.2), one of :data:`FINE_GRAINED`:
 
-   - ``colour``: a *visual perceptual* property whose relation is ``is`` or ``does`` and whose attribute
-     has a word in :data:`COLOUR_WORDS` (``is red``, ``is black and white``, ``is colourful``, ``does come
-     in colours``);
-   - ``shape/size``: otherwise, a *visual perceptual* property whose relation is ``is`` or ``does`` and
-     whose attribute has a word in :data:`SHAPE_SIZE_WORDS` (``is big_large``, ``is circular_round``,
-     ``is long``, ``is rectangular_square``, ``is any size``);
+   - ``colour``: a *visual perceptual* property named exactly as an entry of the colour vocabulary, by
+     default the authors' published list :data:`COLOUR_PROPERTIES` (16: ``is black``, ``is black and
+     white``, ``is blue``, ..., ``is clear_transparent``, ``is colourful``, ``is shiny``);
+   - ``shape/size``: a *visual perceptual* property named exactly as an entry of the shape/size vocabulary,
+     by default the authors' list :data:`SHAPE_SIZE_PROPERTIES` (13: ``is any size``, ``is big_large``,
+     ``is circular_round``, ``is long``, ``is rectangular_square``, ...);
    - otherwise the relation: ``is`` (taxonomic ``is a bird`` included), ``has``, ``does``, ``made-of``
-     (label prefix ``made of``). ``has``/``made of`` properties are parts and materials, so ``has a long
-     neck`` stays ``has`` and ``made of silver`` stays ``made-of``.
+     (label prefix ``made of``). So ``does come in colours`` is ``does`` and ``has a long neck`` ``has``.
 
-   Attribute words are the label after the relation, split at spaces, ``_`` (CSLB's separator for merged
-   alternatives, as in ``big_large``), ``/`` and ``-``. The 10 CSLB rows (none among the 390 properties)
-   whose label starts with another verb (``comes``, ``gets``, ``found``, ``had`` ...) use
-   :data:`RELATION_FALLBACK` and otherwise ``does``. On the release: colour 15, shape/size 13, is 172,
-   has 102, does 69, made-of 19.
+   Names are compared lower-cased with runs of white space read as one space. A property named in a
+   vocabulary but not visual perceptual keeps its relation type. Other vocabularies: ``load_cslb(...,
+   colour_vocabulary=, shape_vocabulary=)`` (a file with one property per line, or a list of names;
+   `vsp norms --colour-words FILE --shape-words FILE`); a name in both vocabularies is refused, and entries
+   that name no kept visual perceptual property are logged. The 10 CSLB rows (none among the 390
+   properties) whose label starts with another verb (``comes``, ``gets``, ``found``, ``had`` ...) use
+   :data:`RELATION_FALLBACK` and otherwise ``does``. On the release: colour 16, shape/size 13, is 170,
+   has 102, does 70, made-of 19.
 
 McRae et al. (2005)
 -------------------
@@ -57,11 +61,11 @@ McRae et al. (2005)
 participants and the published norms keep only PF >= 5 already. ``BR_Label`` maps onto
 :data:`FEATURE_CLASSES` through :data:`MCRAE_BR_CLASSES`; duplicates, filtering and the class majority
 follow the CSLB rules (defaults give 539 concepts x 274 properties). Fine-grained type: ``colour`` when the
-property's majority ``BR_Label`` is ``visual-colour``; ``shape/size`` by the CSLB vocabulary rule (on
-visual ``is_...`` and ``different_...`` labels); then ``made_of...`` -> ``made-of``, ``has...`` -> ``has``;
-taxonomic, ``is_``, ``a_``, ``an_`` and passive participles (``used_for``, ``worn``, ``eaten``,
-``found_in``, which CSLB writes ``is used for`` ...) -> ``is``; anything else (``beh_-_flies``,
-``lives_in``) -> ``does``.
+property's majority ``BR_Label`` is ``visual-colour``; ``shape/size`` when a visual ``is_...`` or
+``different_...`` label has a word of :data:`SHAPE_SIZE_WORDS`; then ``made_of...`` -> ``made-of``,
+``has...`` -> ``has``; taxonomic, ``is_``, ``a_``, ``an_`` and passive participles (``used_for``,
+``worn``, ``eaten``, ``found_in``, which CSLB writes ``is used for`` ...) -> ``is``; anything else
+(``beh_-_flies``, ``lives_in``) -> ``does``.
 """
 
 from __future__ import annotations
@@ -110,32 +114,46 @@ CSLB_FEATURE_TYPES: Mapping[str, str] = {
 }
 """CSLB ``feature type`` (lower-cased, ``-``/``_`` read as spaces) -> feature class."""
 
-COLOUR_WORDS = frozenset(
+COLOUR_PROPERTIES = frozenset(
     {
-        "black",
-        "blue",
-        "brown",
-        "colour",
-        "colourful",
-        "colours",
-        "color",
-        "colorful",
-        "colors",
-        "gold",
-        "golden",
-        "green",
-        "grey",
-        "gray",
-        "orange",
-        "pink",
-        "purple",
-        "red",
-        "silver",
-        "white",
-        "yellow",
+        "is black",
+        "is black and white",
+        "is blue",
+        "is brown",
+        "is golden",
+        "is green",
+        "is grey",
+        "is orange",
+        "is pink",
+        "is purple",
+        "is red",
+        "is yellow",
+        "is white",
+        "is clear_transparent",
+        "is colourful",
+        "is shiny",
     }
 )
-"""Attribute words that make a visual perceptual ``is``/``does`` property a ``colour`` property."""
+"""The authors' colour vocabulary: the CSLB visual perceptual properties of the fine-grained type colour."""
+
+SHAPE_SIZE_PROPERTIES = frozenset(
+    {
+        "is any size",
+        "is big_large",
+        "is circular_round",
+        "is curved",
+        "is cylindrical",
+        "is fat",
+        "is flat",
+        "is long",
+        "is rectangular_square",
+        "is short",
+        "is small",
+        "is tall",
+        "is thin",
+    }
+)
+"""The authors' shape/size vocabulary: the CSLB visual perceptual properties of the type shape/size."""
 
 SHAPE_SIZE_WORDS = frozenset(
     {
@@ -171,7 +189,8 @@ SHAPE_SIZE_WORDS = frozenset(
         "pointy",
     }
 )
-"""Attribute words that make a visual perceptual ``is``/``does`` property a ``shape/size`` property."""
+"""McRae only (:func:`mcrae_fine_grained_type`): words that make a visual ``is_``/``different_`` label
+``shape/size``."""
 
 RELATIONS = (("made of", "made-of"), ("is", "is"), ("has", "has"), ("does", "does"))
 """CSLB label prefix -> fine-grained relation type (the four relations of the CSLB listing task)."""
@@ -233,6 +252,12 @@ _IRREGULAR_PARTICIPLES = frozenset(
     }
 )
 _WORD_SPLIT = re.compile(r"[\s_/\-]+")
+
+MAX_PF = 1_000_000.0
+"""Largest production frequency accepted: PF counts participants (30 per concept in CSLB and McRae)."""
+
+# A plain decimal number: Python's float() also takes "1_2" (= 12), "inf", "nan" and non-ASCII digits.
+_PLAIN_NUMBER = re.compile(r"\+?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 
 @dataclass(frozen=True, eq=False)
@@ -298,25 +323,108 @@ def attribute_words(attribute: str) -> list[str]:
     return [w for w in _WORD_SPLIT.split(attribute.lower()) if w]
 
 
-def _visual_subtype(relation: str, words: Iterable[str]) -> str | None:
-    if relation not in ("is", "does"):
-        return None
-    words = set(words)
-    if words & COLOUR_WORDS:
-        return "colour"
-    if words & SHAPE_SIZE_WORDS:
-        return "shape/size"
-    return None
+def property_key(name: str) -> str:
+    """How vocabulary entries and property names are compared: lower-cased, white space runs as one space."""
+    return " ".join(str(name).lower().split())
 
 
-def fine_grained_type(feature: str, feature_class: str) -> str:
-    """Fine-grained type of a CSLB property (see the module docstring for the rule)."""
-    relation, attribute = split_relation(feature)
+def fine_grained_type(
+    feature: str,
+    feature_class: str,
+    colour: Iterable[str] = COLOUR_PROPERTIES,
+    shape: Iterable[str] = SHAPE_SIZE_PROPERTIES,
+) -> str:
+    """Fine-grained type of a CSLB property (see the module docstring for the rule).
+
+    ``colour`` and ``shape``: the property names of the two visual types (default: the authors' lists).
+    """
     if feature_class == "visual perceptual":
-        sub = _visual_subtype(relation, attribute_words(attribute))
-        if sub is not None:
-            return sub
-    return relation
+        key = property_key(feature)
+        if key in {property_key(c) for c in colour}:
+            return "colour"
+        if key in {property_key(c) for c in shape}:
+            return "shape/size"
+    return split_relation(feature)[0]
+
+
+VocabularyLike = str | os.PathLike | Iterable[str] | None
+"""A vocabulary: ``None`` (the default list), a file path or URI (one property per line), or names."""
+
+
+def load_vocabulary(path: str | os.PathLike) -> frozenset[str]:
+    """Property names from a text file (local path or fsspec URI): one per line, UTF-8.
+
+    Blank lines and lines starting with ``#`` are skipped; names are compared as :func:`property_key` says.
+    An empty file raises :class:`~vsp.errors.VspInputError`.
+    """
+    source, data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise VspInputError(f"{source}: not UTF-8 text ({exc})") from exc
+    names = [ln.strip() for ln in text.splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise VspInputError(f"{source}: no property names (one per line expected)")
+    return frozenset(property_key(n) for n in names)
+
+
+def _vocabulary(value: VocabularyLike, default: frozenset[str], what: str) -> tuple[frozenset[str], str]:
+    """``(names, where they came from)`` of a vocabulary argument."""
+    if value is None:
+        return frozenset(property_key(n) for n in default), "default"
+    if isinstance(value, str | os.PathLike):
+        return load_vocabulary(value), os.fspath(value)
+    names = [str(n) for n in value]
+    bad = [n for n in names if not property_key(n)]
+    if bad or not names:
+        raise VspInputError(f"{what} vocabulary: give property names, got {list(value)!r}")
+    return frozenset(property_key(n) for n in names), "given"
+
+
+def _vocabularies(
+    colour: VocabularyLike, shape: VocabularyLike
+) -> tuple[frozenset[str], frozenset[str], str, str]:
+    col, col_src = _vocabulary(colour, COLOUR_PROPERTIES, "colour")
+    shp, shp_src = _vocabulary(shape, SHAPE_SIZE_PROPERTIES, "shape/size")
+    both = sorted(col & shp)
+    if both:
+        raise VspInputError(
+            f"{', '.join(repr(b) for b in both)} in both the colour ({col_src}) and the shape/size "
+            f"({shp_src}) vocabulary; a property has one fine-grained type"
+        )
+    return col, shp, col_src, shp_src
+
+
+def _report_unmatched(norms: Norms, vocab: frozenset[str], kind: str, where: str) -> None:
+    """Log the vocabulary entries that name no kept visual perceptual property of ``norms``."""
+    visual = {
+        property_key(p)
+        for p, c in zip(norms.properties, norms.feature_class, strict=True)
+        if c == "visual perceptual"
+    }
+    kept = {property_key(p) for p in norms.properties}
+    missing = sorted(vocab - visual)
+    if not missing:
+        return
+    shown = ", ".join(repr(m) + ("" if m not in kept else " (not visual perceptual)") for m in missing[:10])
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    level = logging.INFO if where == "default" else logging.WARNING
+    log.log(
+        level,
+        "%s: %d of %d %s vocabulary entries (%s) name no kept visual perceptual property: %s%s",
+        norms.source,
+        len(missing),
+        len(vocab),
+        kind,
+        where,
+        shown,
+        more,
+    )
+
+
+def _mcrae_shape_words(words: Iterable[str]) -> bool:
+    return bool(set(words) & SHAPE_SIZE_WORDS)
 
 
 def mcrae_fine_grained_type(feature: str, feature_class: str, br_label: str | None = None) -> str:
@@ -326,9 +434,8 @@ def mcrae_fine_grained_type(feature: str, feature_class: str, br_label: str | No
     if feature_class == "visual perceptual":
         if br_label == "visual-colour":
             return "colour"
-        sub = _visual_subtype("is" if first in ("is", "different") else "other", words[1:])
-        if sub == "shape/size":
-            return sub
+        if first in ("is", "different") and _mcrae_shape_words(words[1:]):
+            return "shape/size"
     if first == "made" and len(words) > 1 and words[1] == "of":
         return "made-of"
     if first in _MCRAE_HAS:
@@ -457,33 +564,71 @@ def _text_lines(source: str, data: bytes) -> list[str]:
     lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()
+    if lines and "\r" in lines[0]:
+        raise VspInputError(
+            f"{source}, line 1: lines end in a bare CR (classic Mac OS line endings); "
+            "save the file with LF or CRLF line endings"
+        )
     return lines
 
 
-def _parse_pf(value: str, where: str, line: int, unit: str = "line", column: str = "pf") -> float:
-    try:
-        pf = float(value)
-    except ValueError:
-        pf = math.nan
-    if not math.isfinite(pf) or pf < 0:
-        raise VspInputError(f"{where}, {unit} {line}: {column} {value!r} is not a non-negative number")
+def _check_header(header: list[str], where: str, unit: str = "line") -> None:
+    """Refuse a header that names a column twice (which one would be read is a guess)."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        if not name:
+            continue
+        if name in seen:
+            raise VspInputError(
+                f"{where}, {unit} 1: column {name!r} appears more than once (fields {seen[name]} and {i}); "
+                "keep one"
+            )
+        seen[name] = i
+
+
+def _check_pf_range(pf: float, raw: Any, where: str, line: int, unit: str, column: str) -> float:
+    if not math.isfinite(pf) or not 0 <= pf <= MAX_PF:
+        raise VspInputError(
+            f"{where}, {unit} {line}: {column} {raw!r} is not a number from 0 to {MAX_PF:g} "
+            "(a production frequency counts participants)"
+        )
     return pf
 
 
-def load_cslb(path: str | os.PathLike, min_pf: float = 5, min_concepts: int = 5) -> Norms:
+def _parse_pf(value: str, where: str, line: int, unit: str = "line", column: str = "pf") -> float:
+    if not _PLAIN_NUMBER.fullmatch(value):
+        raise VspInputError(
+            f"{where}, {unit} {line}: {column} {value!r} is not a non-negative number "
+            "(plain decimal digits, e.g. 5 or 5.0)"
+        )
+    return _check_pf_range(float(value), value, where, line, unit, column)
+
+
+def load_cslb(
+    path: str | os.PathLike,
+    min_pf: float = 5,
+    min_concepts: int = 5,
+    colour_vocabulary: VocabularyLike = None,
+    shape_vocabulary: VocabularyLike = None,
+) -> Norms:
     """Load CSLB ``norms.dat`` and filter it (see the module docstring for every rule).
 
     Args:
         path: local path or fsspec URI (``s3://...``) of a CSLB-format ``norms.dat``.
         min_pf: keep (concept, property) pairs with production frequency >= this.
         min_concepts: then keep properties that occur for >= this many concepts.
+        colour_vocabulary: the visual perceptual properties of fine-grained type ``colour``: a file (one
+            property per line; :func:`load_vocabulary`) or a list of names; default
+            :data:`COLOUR_PROPERTIES`, the authors' 16.
+        shape_vocabulary: the same for ``shape/size``; default :data:`SHAPE_SIZE_PROPERTIES` (13).
 
     Raises:
-        VspInputError: malformed file (the message names the file and 1-based line), or nothing is left
-            after filtering.
+        VspInputError: malformed file (the message names the file and 1-based line), nothing is left
+            after filtering, or a vocabulary that is empty or shares a name with the other.
         FileNotFoundError: no such file.
     """
     _check_thresholds(min_pf, min_concepts)
+    colours, shapes, colour_src, shape_src = _vocabularies(colour_vocabulary, shape_vocabulary)
     source, data = _read_bytes(path)
     lines = _text_lines(source, data)
     if not any(ln.strip() for ln in lines):
@@ -491,6 +636,7 @@ def load_cslb(path: str | os.PathLike, min_pf: float = 5, min_concepts: int = 5)
             f"{source}, line 1: empty file; expected a tab-separated header {', '.join(CSLB_COLUMNS)}"
         )
     header = [h.strip().lower() for h in lines[0].split("\t")]
+    _check_header(header, source)
     missing = [c for c in CSLB_REQUIRED_COLUMNS if c not in header]
     if missing:
         raise VspInputError(
@@ -505,8 +651,10 @@ def load_cslb(path: str | os.PathLike, min_pf: float = 5, min_concepts: int = 5)
             continue
         fields = line.split("\t")
         if len(fields) != len(header):
+            hint = " (the line holds a bare CR: mixed line endings?)" if "\r" in line else ""
             raise VspInputError(
                 f"{source}, line {lineno}: {len(fields)} tab-separated fields, the header has {len(header)}"
+                + hint
             )
         concept = fields[col["concept"]].strip()
         feature = fields[col["feature"]].strip()
@@ -525,7 +673,12 @@ def load_cslb(path: str | os.PathLike, min_pf: float = 5, min_concepts: int = 5)
         raise VspInputError(f"{source}, line 1: no data rows after the header")
     if n_dup:
         log.info("%s: combined %d duplicate (concept, feature) rows (max PF)", source, n_dup)
-    return _build(pairs, min_pf, min_concepts, source, lambda f, cls, _label: fine_grained_type(f, cls))
+    norms = _build(
+        pairs, min_pf, min_concepts, source, lambda f, cls, _label: fine_grained_type(f, cls, colours, shapes)
+    )
+    _report_unmatched(norms, colours, "colour", colour_src)
+    _report_unmatched(norms, shapes, "shape/size", shape_src)
+    return norms
 
 
 # ----------------------------------------------------------------------------------------------- McRae
@@ -571,6 +724,7 @@ def _load_mcrae(path: str | os.PathLike, min_pf: float, min_concepts: int) -> No
                 f"{where}, row 1: empty sheet; expected a header {', '.join(MCRAE_REQUIRED_COLUMNS)}"
             )
         header = [str(h).strip() if h is not None else "" for h in header_row]
+        _check_header(header, where, "row")
         missing = [c for c in MCRAE_REQUIRED_COLUMNS if c not in header]
         if missing:
             raise VspInputError(f"{where}, row 1: missing column(s) {', '.join(repr(m) for m in missing)}")
@@ -599,12 +753,10 @@ def _load_mcrae(path: str | os.PathLike, min_pf: float, min_concepts: int) -> No
             if isinstance(raw, bool) or raw is None:
                 raise VspInputError(f"{where}, row {rowno}: Prod_Freq {raw!r} is not a non-negative number")
             pf = (
-                float(raw)
+                _check_pf_range(float(raw), raw, where, rowno, "row", "Prod_Freq")
                 if isinstance(raw, int | float)
                 else _parse_pf(str(raw).strip(), where, rowno, "row", "Prod_Freq")
             )
-            if not math.isfinite(pf) or pf < 0:
-                raise VspInputError(f"{where}, row {rowno}: Prod_Freq {raw!r} is not a non-negative number")
             n_rows += 1
             n_dup += _add_pair(pairs, (concept, feature), _Pair(pf, MCRAE_BR_CLASSES[br], br))
     finally:

@@ -21,13 +21,14 @@ Sections (each one says "not run" when its stage has no output in the store):
      ``penultimate`` rows are used) with either a ``feature_class`` column and an F1 column (per property
      and/or per fold, averaged), or one column per feature class. F1 in [0, 1] is scaled to x100.
      ``overall`` is the mean F1 over all properties when per-property rows are available (this reproduces
-     the paper's AlexNet, VGG and DenseNet rows from their class means; the paper's ResNet "Overall" is
-     instead the unweighted mean of the five classes), else the table's own ``overall`` column, else the
-     class means weighted by the norms' class sizes. When no table has the plain-network rows, they are
-     computed from ``decode/results/<model>/penultimate.parquet``.
+     the paper's AlexNet, VGG and DenseNet rows from their class means; the paper's plain ResNet row's
+     "Overall" is instead the unweighted mean of the five classes), else the table's own ``overall``
+     column, else the class means weighted by the norms' class sizes. When no table has the plain-network
+     rows, they are computed from ``decode/results/<model>/penultimate.parquet``.
    - *mapping* (Table 2): ``embedding``, ``mapper`` and ``hit1``/``hit5``/... columns (per fold rows are
      pooled weighted by ``n_test``, as :func:`vsp.mapping.summarise`).
-   - *similarity* (Table 3): ``embedding``, ``benchmark`` and ``spearman`` (``n_scored`` shown).
+   - *similarity* (Table 3): ``embedding``, ``benchmark`` and ``spearman`` (``n_scored`` shown); every
+     benchmark gets its column, MEN and SimLex-999 first (:func:`benchmark_column`).
 
    Run rows are matched to the paper's rows by :func:`vsp.paper_results.canonical_embedding`. Table 1 holds
    the ResNet34 rows (or the first network's, when the run has no ResNet34), Table 4 every network.
@@ -38,7 +39,8 @@ Sections (each one says "not run" when its stage has no output in the store):
 The paper column
 ----------------
 The paper's numbers, and the difference ``run - paper``, are shown only when the run's setup is the paper's
-(:func:`paper_setup`): ImageNet-pretrained weights for every network, max pooling, the CSLB norms filtered to
+(:func:`paper_setup`): ImageNet-pretrained weights for every network, max pooling, the paper's layers
+(``--layers paper``; ``all-conv`` is the same for every network but DenseNet), the CSLB norms filtered to
 638 concepts x 390 properties, and features for all 638 concepts. Otherwise every table says why the paper
 column is left out. Within a matching run, only rows with a paper counterpart get paper numbers.
 """
@@ -54,6 +56,7 @@ import math
 import os
 import re
 import struct
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +67,7 @@ import numpy as np
 import pandas as pd
 
 from vsp import paper_results as paper
+from vsp.bookkeeping import write_marker
 from vsp.errors import VspInputError
 from vsp.norms import FEATURE_CLASSES, Norms
 from vsp.store import Store, open_store
@@ -74,6 +78,7 @@ __all__ = ["ReportResult", "SetupCheck", "classify_table", "paper_setup", "write
 
 TABLE_PREFIXES = ("decode", "meta", "mapping", "similarity", "tables", "text")
 RUN_MANIFESTS = ("run.json", "features/manifest.json")
+REPORT_MARKER = "report/done.json"  # written after the report's files; `vsp status` reads it
 MAX_EXAMPLES = 6
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -173,6 +178,7 @@ def paper_setup(
         )
     if cfg.get("pooling", "max") != want["pooling"]:
         reasons.append(f"pooling is {cfg.get('pooling')!r}; the paper used global max pooling")
+    reasons += _layer_reasons(ident, facts)
     if norms_shape is None:
         reasons.append("the norms are unknown (pass --norms, or run `vsp decode` first)")
     else:
@@ -195,6 +201,32 @@ def paper_setup(
                 f"the paper used all {want['norms_concepts']}"
             )
     return SetupCheck(not reasons, reasons, facts)
+
+
+def _layer_reasons(ident: dict, facts: dict[str, Any]) -> list[str]:
+    """Why the run's layer selection is not the paper's (section 3.2), if it is not; notes the activation.
+
+    ``paper`` is the paper's; ``all-conv`` is the same taps for every network except DenseNet (168 convs,
+    82 of them 1x1 bottlenecks, instead of the first conv, each dense layer and each transition: 86).
+    """
+    cfg = ident.get("config", {})
+    sel = cfg.get("layers", "all-conv")
+    facts["layers"] = sel
+    facts["activation"] = cfg.get("activation", "conv")  # the paper does not say: recorded, not judged
+    stored = ident.get("layers", []) or []
+    models = list(cfg.get("models") or ident.get("weights_identity") or {x.get("model") for x in stored})
+    if sel == "paper":
+        return []
+    hint = "the paper tapped every conv layer, but for DenseNet the first conv, each dense layer and each "
+    hint += "transition (--layers paper)"
+    if sel == "all-conv":
+        dense = [m for m in models if str(m).startswith("densenet")]
+        if not dense:
+            return []
+        taps = {m: sum(x.get("model") == m and x.get("kind") != "penultimate" for x in stored) for m in dense}
+        shown = ", ".join(f"{m}: {n} convs" if n else m for m, n in taps.items())
+        return [f"layer selection is 'all-conv' ({shown}); {hint}"]
+    return [f"layer selection is {sel!r}; {hint}"]
 
 
 # ----------------------------------------------------------------------------------- table discovery
@@ -370,15 +402,27 @@ def mapping_frame(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def benchmark_column(name: str) -> str:
+    """Table 3's column of a benchmark: ``MEN`` / ``SimLex-999`` for their spellings, else the name itself.
+
+    Only whole names count (``men``, ``MEN_3000``, ``simlex999``...): ``garment-pairs`` keeps its own column.
+    """
+    compact = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    if re.fullmatch(r"simlex(999)?", compact):
+        return "SimLex-999"
+    if re.fullmatch(r"men(3000|3k)?(dataset)?(naturalform)?(full)?", compact):
+        return "MEN"
+    return str(name)
+
+
 def similarity_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows embedding -> MEN, SimLex-999 (Spearman rho) and their ``n_scored``."""
+    """Rows embedding -> one Spearman rho column per benchmark (:func:`benchmark_column`) and ``n <name>``."""
     emb, bench = _col(df, "embedding"), _col(df, "benchmark")
     rho = _col(df, "spearman", "rho", "spearman_rho")
     ns = _col(df, "n_scored", "n_pairs")
     rows: dict[str, dict[str, Any]] = {}
     for _, r in df.iterrows():
-        b = str(r[bench]).lower()
-        name = "SimLex-999" if "simlex" in b else "MEN" if "men" in b else str(r[bench])
+        name = benchmark_column(r[bench])
         row = rows.setdefault(str(r[emb]), {"embedding": str(r[emb])})
         row[name] = float(r[rho]) if r[rho] is not None else float("nan")
         if ns is not None:
@@ -505,6 +549,33 @@ class _Table:
     csv: pd.DataFrame
     sources: list[str]
     note: str = ""
+
+
+def sources_line(sources: Sequence[str]) -> str:
+    """The tables a report table was read from, in a few words: summary tables by name, unit files counted.
+
+    A key under a sub-folder of a stage (``mapping/units/...``, ``meta/decode/results/...``) is a unit file;
+    two or more of them under one folder become ``"56 unit files under mapping/units/"``, a single one keeps
+    its name. ``["mapping/table2.parquet", <56 unit files>]`` ->
+    ``"mapping/table2.parquet and 56 unit files under mapping/units/"``.
+    """
+    named: list[str] = []
+    groups: dict[str, list[str]] = {}
+    for key in dict.fromkeys(sources):
+        parts = key.split("/")
+        if len(parts) <= 2:
+            named.append(key)
+        else:
+            groups.setdefault("/".join(parts[:2]), []).append(key)
+    for keys in groups.values():
+        if len(keys) == 1:
+            named.append(keys[0])
+        else:
+            folder = os.path.commonpath([k.rsplit("/", 1)[0] for k in keys])
+            named.append(f"{len(keys)} unit files under {folder}/")
+    if len(named) <= 1:
+        return "".join(named)
+    return ", ".join(named[:-1]) + " and " + named[-1]
 
 
 def _key_order(key: paper.EmbeddingKey | None) -> tuple:
@@ -668,16 +739,35 @@ def _table_mapping(ctx: _Context, setup: SetupCheck) -> tuple[str, _Table | None
     return "ok", _Table(html_t, csv, [k for k, _ in frames])
 
 
+def _meta_fit_note(ctx: _Context) -> str:
+    """Table 2's note on the meta-embeddings: fitted on all concepts (transductive) or per training fold."""
+    from vsp.mapping_stage import meta_fit_note
+
+    try:
+        text = meta_fit_note(ctx.store)
+    except Exception as exc:  # noqa: BLE001 - a note must not sink the table
+        log.warning("report: could not read the mapping run's meta_fit: %s", exc)
+        return ""
+    return f'<p class="note">{_esc(text)}</p>' if text else ""
+
+
 def _table_similarity(ctx: _Context, setup: SetupCheck) -> tuple[str, _Table | None]:
     frames = [(k, similarity_frame(df)) for k, df in ctx.tables["similarity"]]
     frames = [(k, f) for k, f in frames if len(f)]
     if not frames:
         return "not run", None
-    allf = pd.concat([f for _, f in frames], ignore_index=True).drop_duplicates(["embedding"])
+    # one row per embedding; each (embedding, benchmark) value from the first table that has it
+    allf = pd.concat([f for _, f in frames], ignore_index=True).groupby("embedding", sort=False).first()
+    allf = allf.reset_index()
     keyed = sorted(
         ((n, paper.canonical_embedding(n)) for n in allf["embedding"]), key=lambda nk: _key_order(nk[1])
     )
-    cols = [(b, b) for b in paper.SIMILARITY_COLUMNS if b in allf.columns]
+    # every benchmark in the store gets its column: the paper's two first, then the others as found
+    found = [c for c in allf.columns if c != "embedding" and not str(c).startswith("n ")]
+    benches = [b for b in paper.SIMILARITY_COLUMNS if b in found] + [
+        b for b in found if b not in paper.SIMILARITY_COLUMNS
+    ]
+    cols = [(b, b) for b in benches]
     data = []
     for n, k in keyed:
         r = allf[allf["embedding"] == n].iloc[0]
@@ -962,29 +1052,108 @@ def _explain_examples(ctx: _Context) -> list[tuple[dict, bytes]]:
     return out[:MAX_EXAMPLES]
 
 
+def _skipped_images(ctx: _Context) -> set[str]:
+    """The images the extraction recorded as unreadable in its unit markers (``features/done/*.json``)."""
+    out: set[str] = set()
+    for key in ctx.store.list("features/done"):
+        if not key.endswith(".json"):
+            continue
+        try:
+            doc = ctx.store.read_json(key)
+        except (VspInputError, OSError, ValueError) as exc:
+            log.warning("report: skipping %s: %s", key, exc)
+            continue
+        for item in (doc.get("skipped") or []) if isinstance(doc, dict) else []:
+            if isinstance(item, dict) and isinstance(item.get("uri"), str):
+                out.add(item["uri"])
+    return out
+
+
+def _not_embeddable(uri: Any, skipped: set[str]) -> str | None:
+    """Why the report will not read and embed ``uri`` of the features manifest, or None when it may."""
+    if not isinstance(uri, str) or not uri:
+        return "not a uri"
+    if uri in skipped:
+        return "the run skipped it as unreadable"
+    if uri.startswith("s3://"):
+        return None
+    if not os.path.isabs(uri) or os.path.normpath(uri) != uri:
+        return "not an absolute, normalised path (`vsp extract` records only those)"
+    if not os.path.isfile(uri):
+        return "no such file here"
+    return None
+
+
 def _pick_images(ctx: _Context, n: int) -> list[str]:
+    """Up to ``n`` of the run's own images to explain, one per concept spread over the concept list.
+
+    This is the only place the report chooses local images to read and embed. Candidates come only from the
+    features manifest's ``identity.images``; an image is taken only when :func:`_not_embeddable` finds no
+    fault (the run did not skip it; an ``s3://`` uri or an absolute, normalised local path of an existing
+    file: a relative or ``..`` path would be resolved against the reader's folder, not the run's). Each
+    dropped candidate is named in a warning and the concept's next image is tried.
+    """
     imgs = (ctx.features or {}).get("identity", {}).get("images", {}) or {}
-    concepts = [c for c in ctx.concepts() if imgs.get(c)]
+    if not isinstance(imgs, dict):
+        return []
+    concepts = [c for c in ctx.concepts() if isinstance(imgs.get(c), list) and imgs.get(c)]
     if ctx.norms is not None:
         have = set(ctx.norms.concepts)
         concepts = [c for c in concepts if c in have]
     if not concepts or n < 1:
         return []
     idx = sorted({int(round(i)) for i in np.linspace(0, len(concepts) - 1, min(n, len(concepts)))})
-    return [imgs[concepts[i]][0] for i in idx]
+    skipped = _skipped_images(ctx)
+    picked: list[str] = []
+    dropped: list[str] = []
+    for i in idx:
+        for uri in imgs[concepts[i]]:
+            why = _not_embeddable(uri, skipped)
+            if why is None:
+                picked.append(uri)
+                break
+            dropped.append(f"{uri!r} ({why})")
+    if dropped:
+        more = f"; and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+        log.warning(
+            "report: not embedding %d image(s) of the features manifest: %s%s",
+            len(dropped),
+            "; ".join(dropped[:5]),
+            more,
+        )
+    return picked
 
 
-def _explanation_html(expl: dict, png: bytes, where: str) -> str:
-    from vsp.explain import Explanation
+def _layer_indices(ctx: _Context) -> dict[tuple[str, str], int]:
+    """(model, layer) -> the 0-based tap index of the features manifest (``layer_index`` of decode)."""
+    out = {}
+    for x in (ctx.features or {}).get("identity", {}).get("layers", []) or []:
+        if isinstance(x, dict) and isinstance(x.get("index"), int):
+            out[(str(x.get("model")), str(x.get("name")))] = x["index"]
+    return out
+
+
+def _explanation_html(
+    expl: dict, png: bytes, where: str, indices: dict[tuple[str, str], int] | None = None
+) -> str:
+    from vsp.explain import Explanation, layer_label
 
     e = Explanation.from_json(expl)
+
+    def label(lp: Any) -> str:  # the run's tap index with the module beside it, whatever the JSON says
+        idx = (indices or {}).get((e.model, lp.layer))
+        if idx is not None:
+            return layer_label(idx, lp.layer)
+        return lp.label if lp.layer in lp.label else f"{lp.label} ({lp.layer})"
+
     rows = "".join(
-        f"<tr><th>{_esc(lp.label)}</th><td>{_esc(', '.join(lp.properties[:5]))}</td></tr>" for lp in e.layers
+        f"<tr><th>{_esc(label(lp))}</th><td>{_esc(', '.join(lp.properties[:5]))}</td></tr>" for lp in e.layers
     )
+    trained = {"concepts": "the concept vectors", "images": "every image's vector"}.get(e.source, e.source)
     return (
         f'<div class="expl"><figure>{_img(png, f"explanation of {Path(e.image).name}")}'
-        f"<figcaption>{_esc(Path(e.image).name)} — {_esc(e.model)} ({_esc(where)}); "
-        "top-5 per layer:</figcaption>"
+        f"<figcaption>{_esc(Path(e.image).name)} — {_esc(e.model)} ({_esc(where)}; maps trained on "
+        f"{_esc(trained)}); top-5 per layer:</figcaption>"
         f'</figure><table class="kv">{rows}</table></div>'
     )
 
@@ -995,7 +1164,7 @@ def _section_explain(
     parts = []
     recorded = _explain_examples(ctx)
     for expl, png in recorded:
-        parts.append(_explanation_html(expl, png, "recorded by `vsp explain`"))
+        parts.append(_explanation_html(expl, png, "recorded by `vsp explain`", _layer_indices(ctx)))
     wanted = max(0, n_images - len(recorded))
     note = ""
     if wanted and ctx.features and ctx.norms is not None:
@@ -1009,7 +1178,12 @@ def _section_explain(
             )
             for e in expls:
                 parts.append(
-                    _explanation_html(e.to_json(), figure_bytes(e), "an image of the run's own image set")
+                    _explanation_html(
+                        e.to_json(),
+                        figure_bytes(e),
+                        "an image of the run's own image set",
+                        _layer_indices(ctx),
+                    )
                 )
             log.info("report: %d explanations in %.1fs", len(expls), time.perf_counter() - t0)
             note = (
@@ -1033,9 +1207,11 @@ def _section_explain(
         return _not_run("no explanations", note), False
     legend = (
         '<p class="note">Ridge maps from each layer\'s pooled vectors to the CSLB production-frequency space '
-        "(vsp.explain); bars are the top predicted properties, coloured by feature class. "
-        "Layers are 1-based conv "
-        "indices (the paper's ResNet34 layers 3, 15, 27, 35).</p>"
+        "(vsp.explain), trained on the concept vectors as in the paper's Appendix B unless the caption says "
+        "otherwise; bars are the top predicted properties, coloured by feature class. Layers are numbered by "
+        "their 0-based tap index, the layer_index of the decoding results and the x axis of Figures 1-2, "
+        "with the module beside it; the default layers are the paper's ResNet34 layers 3, 15, 27 and 35 "
+        "(35 (layer4.2.conv2) is its last conv).</p>"
     )
     tail = f'<p class="src">{_esc(note)}</p>' if note else ""
     return legend + "".join(parts) + tail, True
@@ -1117,19 +1293,21 @@ def write_report(
         path = tables_dir / _csv_name(sid)
         table.csv.to_csv(path, index=False)
         csv_paths.append(path)
-        src = ", ".join(table.sources)
+        src = sources_line(table.sources)
         extra = ""
         if sid == "table1" and table.note:
             extra += " " + table.note
         if sid == "table1" and setup.matches:
             extra = (
-                " The paper's ResNet 'Overall' is the unweighted mean of its five classes; "
-                "here overall is the mean over all properties."
+                " The paper's plain ResNet row's 'Overall' is the unweighted mean of its five classes (its "
+                "SVD and 1ToN rows are per-property means); here overall is the mean over all properties."
             )
         if sid in ("table2", "table3"):
             extra += " The paper's text vectors are 300-d spaCy GloVe."
+        fit_note = _meta_fit_note(ctx) if sid == "table2" else ""
         body = (
             _paper_note(setup, extra)
+            + fit_note
             + table.html
             + f'<p class="src">From {_esc(src)}; CSV: {_esc(tables_dir.name + "/" + path.name)}</p>'
         )
@@ -1170,7 +1348,50 @@ def write_report(
         f"<nav>{nav}</nav><main>{''.join(blocks)}</main></body></html>\n"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(doc, encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")  # one per writer
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(doc)
     os.replace(tmp, out)
-    return ReportResult(out, tables_dir, csv_paths, sections, setup.matches)
+    result = ReportResult(out, tables_dir, csv_paths, sections, setup.matches)
+    _record(st, result)
+    return result
+
+
+def _record(store: Store, result: ReportResult) -> None:
+    """Write ``report/done.json`` after the files: which files it wrote, with their sizes and sha256.
+
+    The report's files live outside the store (``--out``), so the marker names them by absolute path; a
+    store the user may only read keeps no marker (with a warning), and the report itself is still written.
+    """
+    import hashlib
+
+    files = []
+    for p in [result.path, *result.csv]:
+        data = Path(p).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        files.append({"path": str(Path(p).resolve()), "size": len(data), "sha256": digest})
+    ok = [k for k, v in result.sections.items() if v == "ok"]
+    try:
+        write_marker(
+            store,
+            REPORT_MARKER,
+            [],
+            files=files,
+            path=str(result.path),
+            tables_dir=str(result.tables_dir),
+            sections=dict(result.sections),
+            sections_with_results=len(ok),
+            csv=len(result.csv),
+            summary=result.line(),
+        )
+    except Exception as exc:  # noqa: BLE001 - a read-only store still gets its report
+        log.warning("report written, but %s could not record it: %s", store.uri, exc)
+
+
+def report_files_ok(doc: dict) -> bool:
+    """Whether every file a report marker lists is there with its recorded size (on this machine)."""
+    for f in doc.get("files", ()):
+        p = Path(f["path"])
+        if not p.is_file() or p.stat().st_size != f["size"]:
+            return False
+    return True

@@ -8,10 +8,11 @@ Example (``vsp run run.yaml``, ``vsp submit --address http://HEAD:8265 run.yaml`
     stages: [extract, decode, meta, map, similarity, report]   # the default: the whole pipeline
     extract:
       models: [alexnet, vgg16, resnet34, densenet169]
-      layers: all-conv                        # all-conv | paper | re:<regex> | [name, name, ...]
+      layers: paper                           # paper | all-conv | re:<regex> | [name, name, ...]
       weights: imagenet                       # imagenet | random | path or s3:// URI of a state_dict
       seed: 0
       pooling: max
+      activation: conv                        # conv | bn | relu: the value pooled (vsp.networks)
       unit_size: 16
       batch_size: 32
     decode:
@@ -54,6 +55,37 @@ DEFAULT_STAGES = STAGE_ORDER  # the whole pipeline; decode and map need the norm
 NEEDS_NORMS = ("decode", "map")
 LAYER_SELECTIONS = ("all-conv", "paper")
 WEIGHTS_NAMED = ("imagenet", "random")
+#: Largest seed of a stage whose folds or shuffles go through numpy's RandomState (scikit-learn's
+#: ``random_state``): decode, meta, map, and `vsp demo`.
+SEED_MAX = 2**32 - 1
+#: Largest seed of random network weights (``torch.manual_seed``; kept within int64 for JSON and Parquet).
+WEIGHTS_SEED_MAX = 2**63 - 1
+
+
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an integer within [minimum, maximum]; VspInputError naming ``name`` (a key or option)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise VspInputError(f"{name}: must be an integer, got {value!r}")
+    low = minimum is not None and value < minimum
+    if maximum is not None and (low or value > maximum):
+        bound = f"from {minimum} to {maximum}" if minimum is not None else f"<= {maximum}"
+        raise VspInputError(f"{name}: must be an integer {bound}, got {value}")
+    if low:
+        raise VspInputError(f"{name}: must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_number(name: str, value: Any, *, positive: bool = False, minimum: float | None = None) -> float:
+    """``value`` as a finite float (> 0 with ``positive``, >= ``minimum``); VspInputError naming ``name``."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise VspInputError(f"{name}: must be a number, got {value!r}")
+    if positive and not value > 0:
+        raise VspInputError(f"{name}: must be > 0, got {value}")
+    if minimum is not None and value < minimum:
+        raise VspInputError(f"{name}: must be >= {minimum:g}, got {value}")
+    return float(value)
 
 
 def _is_uri(text: str) -> bool:
@@ -106,24 +138,17 @@ class _Section:
             raise VspInputError(f"{self.key(key)}: must be a non-empty string, got {value!r}")
         return value.strip()
 
-    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise VspInputError(f"{self.key(key)}: must be an integer, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise VspInputError(f"{self.key(key)}: must be an integer >= {minimum}, got {value}")
-        return value
+    def integer(self, key: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
+        return check_int(self.key(key), self.data.get(key, default), minimum, maximum)
+
+    def seed(self, key: str = "seed", maximum: int = SEED_MAX) -> int:
+        return self.integer(key, 0, minimum=0, maximum=maximum)
 
     def opt_int(self, key: str, minimum: int) -> int | None:
         return None if self.data.get(key) is None else self.integer(key, 0, minimum)
 
     def number(self, key: str, default: float, *, positive: bool = False) -> float:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise VspInputError(f"{self.key(key)}: must be a number, got {value!r}")
-        if positive and not value > 0:
-            raise VspInputError(f"{self.key(key)}: must be > 0, got {value}")
-        return float(value)
+        return check_number(self.key(key), self.data.get(key, default), positive=positive)
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.data.get(key, default)
@@ -191,11 +216,12 @@ class ExtractSpec:
     """Feature extraction: which networks, layers and weights; how work is cut and batched."""
 
     models: tuple[str, ...] = ("alexnet", "vgg16", "resnet34", "densenet169")
-    layers: str | tuple[str, ...] = "all-conv"
+    layers: str | tuple[str, ...] = "paper"
     weights: str = "imagenet"
     seed: int = 0
     pooling: str = "max"
     unit_size: int = 16
+    activation: str = "conv"  # conv | bn | relu: the value each layer pools (vsp.networks)
     batch_size: int = 32  # how, not what: not part of the identity
     # extraction actors (default: one per GPU, else CPUs // 2); not part of the identity
     actors: int | None = None
@@ -226,6 +252,7 @@ class MetaSpec:
     text: str | None = None  # "glove" | a GloVe/word2vec text file | None ("none" in the file)
     multimodal: bool = True
     onetoN_epochs: int = 2000  # noqa: N815 - mirrors vsp.embeddings.MetaConfig
+    onetoN_weighting: str = "scale"  # noqa: N815 - scale (the paper: scaled sources, betas 1) | beta
     folds: int = 5  # decodability (with norms): stratified folds per property
     C: float = 1.0  # decodability: inverse L2 strength
     threads: int | None = None  # torch CPU threads; how, not what: not part of the identity
@@ -247,6 +274,7 @@ class MapSpec:
     mlp_wd: tuple[float, ...] | None = None
     ridge_alphas: tuple[float, ...] | None = None
     folds_per_task: int = 0  # 0: 1 for the MLP, a repeat otherwise
+    meta_fit: str = "all"  # all (SVD / 1ToN fitted once on every concept) | train (refitted per outer fold)
 
 
 @dataclass(frozen=True)
@@ -357,10 +385,10 @@ class RunConfig:
 
         ex = _Section(
             top.data.get("extract"), "extract",
-            ("models", "layers", "weights", "seed", "pooling", "unit_size", "batch_size", "actors",
-             "only_norm_concepts"),
+            ("models", "layers", "weights", "seed", "pooling", "activation", "unit_size", "batch_size",
+             "actors", "only_norm_concepts"),
         )  # fmt: skip
-        layers_raw = ex.data.get("layers", "all-conv")
+        layers_raw = ex.data.get("layers", ExtractSpec.layers)
         if isinstance(layers_raw, str) and (layers_raw in LAYER_SELECTIONS or layers_raw.startswith("re:")):
             layers: str | tuple[str, ...] = layers_raw
         elif isinstance(layers_raw, str | list):
@@ -379,8 +407,9 @@ class RunConfig:
             models=ex.names("models", ExtractSpec.models),  # type: ignore[arg-type]
             layers=layers,
             weights=weights,  # type: ignore[arg-type]
-            seed=ex.integer("seed", 0),
+            seed=ex.seed(maximum=WEIGHTS_SEED_MAX),
             pooling=ex.choice("pooling", "max", ("max", "mean")),
+            activation=ex.choice("activation", "conv", ("conv", "bn", "relu")),
             unit_size=ex.integer("unit_size", 16, minimum=1),
             batch_size=ex.integer("batch_size", 32, minimum=1),
             actors=ex.opt_int("actors", minimum=1),
@@ -392,7 +421,7 @@ class RunConfig:
         )
         decode = DecodeSpec(
             folds=de.integer("folds", 5, minimum=2),
-            seed=de.integer("seed", 0),
+            seed=de.seed(),
             C=de.number("C", 1.0, positive=True),
             dtype=de.choice("dtype", "float32", ("float32", "float64")),
             models=de.names("models", None),
@@ -451,7 +480,7 @@ class RunConfig:
         try:
             return ExtractionConfig(
                 models=e.models, layers=e.layers, weights=e.weights, seed=e.seed, pooling=e.pooling,
-                unit_size=e.unit_size,
+                unit_size=e.unit_size, activation=e.activation,
             )  # fmt: skip
         except VspInputError as exc:
             raise VspInputError(f"extract: {exc}") from exc
@@ -474,7 +503,7 @@ class RunConfig:
         try:
             return MetaConfig(
                 models=m.models, kinds=m.kinds, dim=m.dim, k=m.k, seed=m.seed, text=m.text,
-                multimodal=m.multimodal, onetoN_epochs=m.onetoN_epochs,
+                multimodal=m.multimodal, onetoN_epochs=m.onetoN_epochs, onetoN_weighting=m.onetoN_weighting,
             )  # fmt: skip
         except VspInputError as exc:
             raise VspInputError(f"meta: {exc}") from exc
@@ -495,6 +524,7 @@ class RunConfig:
                 embeddings=m.embeddings, mappers=m.mappers, repeats=m.repeats, folds=m.folds, seed=m.seed,
                 candidates=m.candidates, inner_folds=m.inner_folds, mlp_epochs=m.mlp_epochs, mlp_lr=m.mlp_lr,
                 mlp_weight_decay=m.mlp_wd, ridge_alphas=m.ridge_alphas, folds_per_task=m.folds_per_task,
+                meta_fit=m.meta_fit,
             )  # fmt: skip
         except VspInputError as exc:
             raise VspInputError(f"map: {exc}") from exc
@@ -509,8 +539,8 @@ class RunConfig:
 def _meta(top: _Section, base: Path | None) -> MetaSpec:
     me = _Section(
         top.data.get("meta"), "meta",
-        ("models", "kinds", "dim", "k", "seed", "text", "multimodal", "onetoN_epochs", "folds", "C",
-         "threads"),
+        ("models", "kinds", "dim", "k", "seed", "text", "multimodal", "onetoN_epochs", "onetoN_weighting",
+         "folds", "C", "threads"),
     )  # fmt: skip
     kinds = me.names("kinds", MetaSpec.kinds)
     bad = [k for k in kinds or () if k not in MetaSpec.kinds]
@@ -526,10 +556,11 @@ def _meta(top: _Section, base: Path | None) -> MetaSpec:
         kinds=kinds,  # type: ignore[arg-type]
         dim=me.integer("dim", 300, minimum=1),
         k=me.integer("k", 300, minimum=1),
-        seed=me.integer("seed", 0),
+        seed=me.seed(),
         text=text.lower() if text and text.lower() == "glove" else text,
         multimodal=me.flag("multimodal", True),
         onetoN_epochs=me.integer("onetoN_epochs", 2000, minimum=1),
+        onetoN_weighting=me.choice("onetoN_weighting", "scale", ("scale", "beta")),
         folds=me.integer("folds", 5, minimum=2),
         C=me.number("C", 1.0, positive=True),
         threads=me.opt_int("threads", minimum=1),
@@ -542,7 +573,7 @@ def _map(top: _Section) -> MapSpec:
     mp = _Section(
         top.data.get("map"), "map",
         ("embeddings", "mappers", "repeats", "folds", "seed", "candidates", "inner_folds", "mlp_epochs",
-         "mlp_lr", "mlp_wd", "ridge_alphas", "folds_per_task"),
+         "mlp_lr", "mlp_wd", "ridge_alphas", "folds_per_task", "meta_fit"),
     )  # fmt: skip
     mappers = mp.names("mappers", MapSpec.mappers)
     bad = [m for m in mappers or () if m not in MAPPERS]
@@ -560,7 +591,7 @@ def _map(top: _Section) -> MapSpec:
         mappers=mappers,  # type: ignore[arg-type]
         repeats=mp.integer("repeats", 5, minimum=1),
         folds=mp.integer("folds", 10, minimum=2),
-        seed=mp.integer("seed", 0),
+        seed=mp.seed(),
         candidates=mp.choice("candidates", "all", ("all", "test")),
         inner_folds=mp.integer("inner_folds", 5, minimum=2),
         mlp_epochs=mp.numbers("mlp_epochs", int),
@@ -568,6 +599,7 @@ def _map(top: _Section) -> MapSpec:
         mlp_wd=wd,
         ridge_alphas=mp.numbers("ridge_alphas", float),
         folds_per_task=mp.integer("folds_per_task", 0, minimum=0),
+        meta_fit=mp.choice("meta_fit", "all", ("all", "train")),
     )
 
 
@@ -619,7 +651,7 @@ def _report(top: _Section, base: Path | None, store: str) -> ReportSpec:
     if isinstance(layers, list):
         layers = ",".join(str(x) for x in layers)
     elif layers is not None and not isinstance(layers, str | int):
-        raise VspInputError(f"report.layers: conv indices or names, got {layers!r}")
+        raise VspInputError(f"report.layers: 0-based tap indices or module names, got {layers!r}")
     return ReportSpec(
         out=out,
         explain_images=re_.integer("explain_images", 3, minimum=0),
@@ -630,22 +662,78 @@ def _report(top: _Section, base: Path | None, store: str) -> ReportSpec:
     )
 
 
+class _DuplicateKey(Exception):
+    """A mapping names one key twice (YAML keeps the last silently, JSON too): the run file is ambiguous."""
+
+    def __init__(self, key: Any, line: int | None = None, first: int | None = None) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+    def message(self, source: str) -> str:
+        where = f" line {self.line}" if self.line else ""
+        first = f" (first on line {self.first})" if self.first else " in one object"
+        return f"{source}{where}: key {self.key!r} appears twice{first}; keep one"
+
+
+def _yaml_loader() -> type:
+    """A yaml.SafeLoader that refuses a key repeated in one mapping (a ``<<`` merge may be overridden)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    except TypeError:  # an unhashable key: SafeLoader itself refuses it
+                        continue
+                    if first != key_node.start_mark.line + 1:
+                        raise _DuplicateKey(key, key_node.start_mark.line + 1, first)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _syntax_error(exc: Exception, fmt: str, source: str) -> str:
+    """One line: the source, line and column, and what the parser found (YAML's own text spans lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:  # yaml.MarkedYAMLError
+        what = " ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+        return f"{source} line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {what or exc}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{source} line {exc.lineno}, column {exc.colno}: not valid JSON: {exc.msg}"
+    return f"{source}: not valid {fmt.upper()}: " + " ".join(str(exc).split())
+
+
 def parse_text(text: str, fmt: str, source: str) -> Any:
-    """Parse YAML / TOML / JSON text; syntax errors name the source and the line."""
+    """Parse YAML / TOML / JSON text; syntax errors and repeated keys name the source and the line."""
     try:
         if fmt == "toml":
             import tomllib
 
-            return tomllib.loads(text)
+            return tomllib.loads(text)  # TOML refuses a repeated key itself
         if fmt == "json":
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_pairs)
         import yaml
 
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise VspInputError(exc.message(source)) from None
     except Exception as exc:  # noqa: BLE001 - every parser has its own error type; all mean "bad syntax"
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise VspInputError(f"{source}{where}: not valid {fmt.upper()}: {exc}") from exc
+        raise VspInputError(_syntax_error(exc, fmt, source)) from exc
 
 
 def load_run_config(path: str | os.PathLike[str]) -> RunConfig:

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from vsp.bookkeeping import MarkerScan, open_manifest, scan_markers, write_marker, write_output
 from vsp.concepts import MatchedPair, load_men, load_simlex, match_pairs
 from vsp.embeddings import MANIFEST as META_MANIFEST
 from vsp.embeddings import PaperCheck, embedding_names, read_embedding, write_text
-from vsp.errors import ConfigMismatchError, VspInputError
+from vsp.errors import VspInputError
 from vsp.similarity import BENCHMARKS, score_embedding
 from vsp.store import Store
 
@@ -47,6 +48,26 @@ ROOT = "similarity"
 MANIFEST = f"{ROOT}/manifest.json"
 TABLE3 = f"{ROOT}/table3.parquet"
 TABLE3_TXT = f"{ROOT}/table3.txt"
+MARKER = f"{ROOT}/done/table3.json"  # the stage's one unit: Table 3 and its pair lists
+
+
+def _legacy_outputs(_marker: str, _doc: dict) -> list[dict]:
+    return [{"key": TABLE3}]
+
+
+def done_markers(store: Store) -> MarkerScan:
+    """The Table 3 marker checked against its Parquet files.
+
+    A store written before the stage had a marker (its manifest lacks ``markers``) counts as done when its
+    Table 3 exists.
+    """
+    scan = scan_markers(store, f"{ROOT}/done", [ROOT], _legacy_outputs)
+    legacy = store.exists(MANIFEST) and "markers" not in store.read_json(MANIFEST)
+    if legacy and not scan.done and not scan.invalid and store.exists(TABLE3):
+        scan.done[MARKER] = {"outputs": [{"key": TABLE3}], "legacy": True}
+    return scan
+
+
 TABLE3_SCHEMA = pa.schema(
     [
         ("embedding", pa.string()),
@@ -142,24 +163,13 @@ def run_similarity(
     }
     counts = {b: len(ms) for b, ms in matched.items()}
     empty = [b for b, n in counts.items() if n < 3]
-    if store.exists(MANIFEST):
-        have = store.read_json(MANIFEST)["identity"]
-        same = {k: v for k, v in have.items() if k != "benchmark_files"} == {
-            k: v for k, v in identity.items() if k != "benchmark_files"
-        }
-        if not same:
-            diff = [k for k in ("embeddings", "benchmarks") if have.get(k) != identity.get(k)]
-            raise ConfigMismatchError(
-                f"{store.uri}/{MANIFEST} holds Table 3 of other {' and '.join(diff)}; "
-                "use another --store prefix or delete its similarity/ folder"
-            )
-        if store.exists(TABLE3):
-            write_text(store, TABLE3_TXT, table3_text(store, check))
-            return SimilaritySummary(store.uri, len(names), counts, False, time.perf_counter() - t0, empty)
-    else:
-        store.write_json(
-            MANIFEST, {"identity": identity, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        )
+    open_manifest(
+        store, MANIFEST, identity, "similarity run (Table 3)", {"markers": 1}, ignore=("benchmark_files",)
+    )
+    if done_markers(store).done:
+        write_text(store, TABLE3_TXT, table3_text(store, check))
+        return SimilaritySummary(store.uri, len(names), counts, False, time.perf_counter() - t0, empty)
+    outputs = []
     for b, ms in matched.items():
         t = pa.table(
             {
@@ -170,7 +180,7 @@ def run_similarity(
                 "rating": pa.array([m.score for m in ms], pa.float64()),
             }
         )
-        store.write_parquet(f"{ROOT}/pairs/{_safe(b)}.parquet", t)
+        outputs.append(write_output(store, f"{ROOT}/pairs/{_safe(b)}.parquet", t))
     rows = []
     for n, e in embs.items():
         for b, ms in matched.items():
@@ -189,7 +199,8 @@ def run_similarity(
                 )
                 continue
             rows.append(score_embedding((e.concepts, e.matrix), pairs, benchmark=b, name=n))
-    store.write_parquet(TABLE3, pa.Table.from_pylist(rows, schema=TABLE3_SCHEMA))
+    outputs.append(write_output(store, TABLE3, pa.Table.from_pylist(rows, schema=TABLE3_SCHEMA)))
+    write_marker(store, MARKER, outputs, embeddings=len(names), benchmarks=counts)
     write_text(store, TABLE3_TXT, table3_text(store, check))
     return SimilaritySummary(store.uri, len(names), counts, True, time.perf_counter() - t0, empty)
 

@@ -18,6 +18,8 @@ import logging
 import os
 import tempfile
 import threading
+import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +103,20 @@ class Store:
         """Remove the object; a missing key is not an error (retries stay idempotent)."""
         raise NotImplementedError
 
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Write the object only if no object has this key; True if this call created it.
+
+        This is how a driver claims a stage's layout: of two drivers racing on one prefix exactly one gets
+        True, and the bytes a reader sees are whole. Local: a hard link of a finished temp file (fails if the
+        target exists). S3: a conditional PUT (``If-None-Match: *``), with a claim-and-list fallback for
+        servers that ignore the condition.
+        """
+        raise NotImplementedError
+
+    def list_sizes(self, prefix: str = "") -> dict[str, int]:
+        """Store-relative keys under the folder ``prefix`` with their sizes in bytes (one listing)."""
+        raise NotImplementedError
+
     # --- formats on top of bytes ---------------------------------------------------------------------------
     def read_json(self, path: str) -> Any:
         """Parse a JSON document; VspInputError naming the URI when it is not valid JSON."""
@@ -133,25 +149,38 @@ class Store:
 class LocalFileStore(Store):
     """A folder on local disk (the embedded default); temp file + os.replace gives atomic replace."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root).expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.create = create
+        if self.root.exists() and not self.root.is_dir():
+            raise VspInputError(
+                f"store {self.root} is a file, not a folder: pass a folder or s3://bucket/prefix"
+            )
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as e:
+                raise VspInputError(f"store {self.root}: a part of the path is a file ({e.strerror})") from e
         self.uri = str(self.root)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (open_store, (self.uri,)) if self.create else (_open_read_only, (self.uri,))
 
     def _path(self, path: str, *, allow_empty: bool = False) -> Path:
         key = _clean_key(path, allow_empty=allow_empty)
         return self.root.joinpath(*key.split("/")) if key else self.root
 
     def child(self, *parts: str) -> LocalFileStore:
-        """A store rooted at a sub-folder (created)."""
-        return LocalFileStore(self._path(_join(*parts), allow_empty=True))
+        """A store rooted at a sub-folder (created unless this store was opened read-only)."""
+        return LocalFileStore(self._path(_join(*parts), allow_empty=True), create=self.create)
 
     def zarr_store(self, path: str = "") -> zarr.abc.store.Store:
         """A ``zarr.storage.LocalStore`` on the sub-folder ``path``."""
         from zarr.storage import LocalStore
 
         target = self._path(path, allow_empty=True)
-        target.mkdir(parents=True, exist_ok=True)
+        if self.create:
+            target.mkdir(parents=True, exist_ok=True)
         return LocalStore(target)
 
     def exists(self, path: str) -> bool:
@@ -203,6 +232,55 @@ class LocalFileStore(Store):
             self._path(path).unlink()
         except FileNotFoundError:
             pass
+
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Finish a temp file beside the target, then hard-link it into place (fails if the target exists)."""
+        p = self._path(path)
+        if p.exists():
+            return False
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}{_TMP_MARK}")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, p)
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links: O_EXCL claims, then the bytes
+                try:
+                    fd2 = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd2, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            return True
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+    def list_sizes(self, prefix: str = "") -> dict[str, int]:
+        """Keys of the files under the folder ``prefix`` with their sizes (temp files hidden)."""
+        base = self._path(prefix, allow_empty=True)
+        if not base.is_dir():
+            return {}
+        out: dict[str, int] = {}
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if _TMP_MARK in name:
+                    continue
+                full = Path(dirpath, name)
+                try:
+                    out[full.relative_to(self.root).as_posix()] = full.stat().st_size
+                except FileNotFoundError:  # removed while listing
+                    continue
+        return out
 
 
 # --- S3 ---------------------------------------------------------------------------------------------------
@@ -301,7 +379,7 @@ def _close_s3fs_sessions() -> None:
 
 def _not_found(err: Exception) -> bool:
     code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
+    return code in ("404", "NoSuchKey", "NotFound")  # a missing bucket is an error, never "absent"
 
 
 class S3Store(Store):
@@ -375,13 +453,119 @@ class S3Store(Store):
         """Remove the object; a missing key is fine (S3 semantics)."""
         self.client.delete_object(Bucket=self.bucket, Key=self._key(path))
 
+    def list_sizes(self, prefix: str = "") -> dict[str, int]:
+        """Keys of the objects under the folder ``prefix`` with their sizes (one paginated listing)."""
+        return {k: size for k, size, _ in self._list_objects(prefix)}
 
-def open_store(uri: str | os.PathLike[str]) -> Store:
-    """Turn ``s3://bucket/prefix`` or a local path (created if missing) into a :class:`Store`."""
+    def _list_objects(self, prefix: str) -> list[tuple[str, int, Any]]:
+        base = self._key(prefix, allow_empty=True)
+        paginator = self.client.get_paginator("list_objects_v2")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        out = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=base + "/" if base else ""):
+            for o in page.get("Contents", ()):
+                out.append((o["Key"][strip:], int(o["Size"]), o["LastModified"]))
+        return out
+
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """A conditional PUT; on servers that ignore ``If-None-Match`` the earliest claim object wins."""
+        if self.exists(path):
+            return False
+        if _conditional_writes(self):
+            from botocore.exceptions import ClientError
+
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(path), Body=io.BytesIO(data), IfNoneMatch="*"
+                )
+            except ClientError as e:
+                code = str(e.response.get("Error", {}).get("Code", ""))
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    return False
+                raise
+            return True
+        return self._claim_by_listing(path, data)
+
+    def _claim_by_listing(self, path: str, data: bytes) -> bool:
+        """Fallback claim: write a uniquely named claim, list the claims, the earliest one wins.
+
+        S3 lists are strongly consistent, so every driver that has written its claim sees the same earliest
+        claim (LastModified, then the key, which starts with the writer's clock in nanoseconds). A driver that
+        arrives after the winner finds the target (or the winner's earlier claim) and loses.
+        """
+        claims = f"{_clean_key(path)}.claims"
+        mine = f"{claims}/{time.time_ns():020d}-{uuid.uuid4().hex}"
+        self.write_bytes(mine, data)
+        listed = sorted(self._list_objects(claims), key=lambda x: (x[2], x[0]))
+        winner = listed[0][0] if listed else mine
+        if winner != mine:
+            if not self.exists(path):
+                self.write_bytes(path, self.read_bytes(winner))  # the winner's bytes: idempotent
+            return False
+        self.write_bytes(path, data)
+        return True
+
+
+_CONDITIONAL: dict[tuple[Any, ...], bool] = {}
+
+
+def _conditional_writes(store: S3Store) -> bool:
+    """Whether the server honours ``If-None-Match: *`` (probed once per process, endpoint and bucket).
+
+    ``VSP_S3_CONDITIONAL_WRITES=1`` or ``0`` skips the probe. The probe writes one object twice under
+    ``.vsp-probe/`` at the bucket root and deletes it: a second write that succeeds means the server ignores
+    the condition, and claims fall back to listing.
+    """
+    forced = os.environ.get("VSP_S3_CONDITIONAL_WRITES", "auto").strip().lower()
+    if forced in ("1", "true", "yes"):
+        return True
+    if forced in ("0", "false", "no"):
+        return False
+    key = (_endpoint_url(), store.bucket, os.getpid())
+    with _CLIENTS_LOCK:
+        if key in _CONDITIONAL:
+            return _CONDITIONAL[key]
+    from botocore.exceptions import ClientError
+
+    client = store.client
+    probe = f".vsp-probe/{uuid.uuid4().hex}"
+    supported = False
+    try:
+        client.put_object(Bucket=store.bucket, Key=probe, Body=b"1", IfNoneMatch="*")
+        try:
+            client.put_object(Bucket=store.bucket, Key=probe, Body=b"2", IfNoneMatch="*")
+        except ClientError as e:
+            supported = str(e.response.get("Error", {}).get("Code", "")) in ("PreconditionFailed", "412")
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code not in ("NotImplemented", "501", "InvalidArgument", "400", "InvalidRequest"):
+            raise
+    finally:
+        try:
+            client.delete_object(Bucket=store.bucket, Key=probe)
+        except ClientError:
+            log.debug("could not delete the probe object %s", probe)
+    if not supported:
+        log.warning("s3://%s does not honour conditional writes; claims fall back to listing", store.bucket)
+    with _CLIENTS_LOCK:
+        _CONDITIONAL[key] = supported
+    return supported
+
+
+def open_store(uri: str | os.PathLike[str], *, create: bool = True) -> Store:
+    """Turn ``s3://bucket/prefix`` or a local path into a :class:`Store`.
+
+    ``create=False`` is for read-only commands (`vsp status`, `vsp report`): a missing local folder is not
+    created (reads then find nothing).
+    """
     text = os.fspath(uri)
     if text.startswith("s3://"):
         bucket, _, prefix = text[len("s3://") :].partition("/")
         return S3Store(bucket, prefix)
     if "://" in text and not text.startswith("file://"):
         raise VspInputError(f"unsupported store URI {text!r}: use a local path or s3://bucket/prefix")
-    return LocalFileStore(text.removeprefix("file://"))
+    return LocalFileStore(text.removeprefix("file://"), create=create)
+
+
+def _open_read_only(uri: str) -> Store:
+    return open_store(uri, create=False)

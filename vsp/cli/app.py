@@ -3,13 +3,72 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-from typing import Annotated
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+from vsp.cli.errors import EXIT_CODES, EXIT_INPUT, EXIT_INTERNAL, describe, one_line
+from vsp.errors import VspInputError
+
+_VERBOSE = "vsp.verbose"  # ctx.meta key set by the -v callback
+
+
+class VspGroup(TyperGroup):
+    """The root command group: whatever a command raises becomes one line on stderr and an exit code.
+
+    `vsp.cli.errors.describe` picks the message and the code (`EXIT_CODES`); a usage error (bad option value,
+    unknown option) is one line with exit 2; ``-v`` also prints the traceback.
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command; turn any exception into ``error: <cause and what to do>`` and its exit code."""
+        cx = _click_exceptions()
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, cx.Exit, cx.Abort, cx.NoArgsIsHelpError):
+            raise
+        except cx.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            _error(f"{one_line(exc.format_message())} (see '{where} --help')")
+            raise typer.Exit(EXIT_INPUT) from None
+        except cx.ClickException:
+            raise
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure gets its one line
+            code, msg = describe(exc)
+            verbose = bool(ctx.meta.get(_VERBOSE))
+            if verbose:
+                traceback.print_exception(exc, file=sys.stderr)
+            elif code == EXIT_INTERNAL:
+                msg += " (rerun with -v for the traceback)"
+            _error(msg)
+            raise typer.Exit(code) from None
+
+
+def _click_exceptions() -> Any:
+    """The click exception classes Typer raises (recent Typer releases vendor click as ``typer._click``)."""
+    import types
+
+    try:
+        from typer._click import exceptions as cx
+    except ImportError:  # an older typer on the real click
+        from click import exceptions as cx
+    names = ("Exit", "Abort", "NoArgsIsHelpError", "UsageError", "ClickException")
+    never = type("_Never", (Exception,), {})  # a class nothing raises, for names this version lacks
+    return types.SimpleNamespace(**{n: getattr(cx, n, never) for n in names})
+
+
+def _error(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+
 
 app = typer.Typer(
+    cls=VspGroup,
     add_completion=False,
     no_args_is_help=True,
     help=(
@@ -19,7 +78,8 @@ app = typer.Typer(
         "  vsp norms --norms ../shared/data/cslb/norms.dat --json\n\n"
         "  vsp images validate --images photos/ --norms norms.dat\n\n"
         "  vsp extract --images photos/ --store s3://bucket/run1 --weights imagenet\n\n"
-        "  vsp decode --store s3://bucket/run1 --norms norms.dat"
+        "  vsp decode --store s3://bucket/run1 --norms norms.dat\n\n"
+        "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
     ),
 )
 images_app = typer.Typer(no_args_is_help=True, help="Image manifests: build and validate.")
@@ -30,23 +90,128 @@ DEFAULT_MODELS = "alexnet,vgg16,resnet34,densenet169"
 
 @app.callback()
 def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    ctx: typer.Context,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log progress details; print the traceback of an error.")
+    ] = False,
 ) -> None:
+    ctx.meta[_VERBOSE] = verbose
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
 
-def csv_list(value: str | None, kind: type = str) -> tuple | None:
-    """A comma-separated option as a tuple (blanks dropped, items converted by ``kind``); None if unset."""
-    return tuple(kind(x.strip()) for x in value.split(",") if x.strip()) if value else None
+def csv_list(value: str | None, kind: type = str, option: str = "") -> tuple | None:
+    """A comma-separated option as a tuple (blanks dropped, items converted by ``kind``); None if unset.
+
+    An item ``kind`` cannot convert is a VspInputError naming ``option``.
+    """
+    if not value:
+        return None
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    try:
+        return tuple(kind(x) for x in items)
+    except ValueError:
+        what = {int: "integers", float: "numbers"}.get(kind, f"{kind.__name__} values")
+        raise VspInputError(f"{option or 'option'}: must be comma-separated {what}, got {value!r}") from None
 
 
 def fail(msg: str, code: int = 2) -> None:
-    """Print an error to stderr and exit with ``code`` (2: bad input, 3: configuration mismatch)."""
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    """Print an error to stderr and exit with ``code`` (`vsp.cli.errors.EXIT_CODES`)."""
+    _error(one_line(msg))
     raise typer.Exit(code)
+
+
+# --- option checks: the same rules (and messages) as the run file's keys, named by the option ---------------
+
+
+def check_int(option: str, value: int, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer option within [minimum, maximum]; VspInputError naming the option (exit 2)."""
+    from vsp.runconfig import check_int as check
+
+    return check(option, value, minimum, maximum)
+
+
+def check_seed(option: str, value: int, *, weights: bool = False) -> int:
+    """A seed: 0 .. 2**32 - 1 (numpy / scikit-learn ``random_state``); 0 .. 2**63 - 1 for random weights."""
+    from vsp.runconfig import SEED_MAX, WEIGHTS_SEED_MAX
+
+    return check_int(option, value, 0, WEIGHTS_SEED_MAX if weights else SEED_MAX)
+
+
+def check_number(option: str, value: float, *, positive: bool = False, minimum: float | None = None) -> float:
+    """A finite number option (> 0 with ``positive``, >= ``minimum``); VspInputError naming the option."""
+    from vsp.runconfig import check_number as check
+
+    return check(option, value, positive=positive, minimum=minimum)
+
+
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices``; VspInputError naming the option."""
+    if value not in choices:
+        raise VspInputError(f"{option}: must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def check_weights(option: str, weights: str) -> str:
+    """``imagenet``, ``random``, an s3:// URI, or a local file that exists (checked before any store)."""
+    if weights in ("imagenet", "random") or "://" in weights:
+        return weights
+    p = Path(weights).expanduser()
+    if not p.is_file():
+        what = "is a folder, not a file" if p.is_dir() else "no such file"
+        raise VspInputError(
+            f"{option} {weights}: {what}; pass imagenet, random, or the path or s3:// URI of a state_dict"
+        )
+    return weights
+
+
+# --- stores: checked before any work, and never created by a command that only reads ------------------------
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def check_store(uri: str, *, must_exist: bool = False, option: str = "--store") -> str:
+    """Fail early, in one line, on a store that cannot work; return ``uri``.
+
+    Local: a path that is (or runs through) a file is refused; with ``must_exist`` (commands that read earlier
+    results) so is a missing folder, which is then not created. S3: one small listing of the prefix, so that
+    a server that is down, a missing bucket, or missing / wrong / refused credentials fail here, named by
+    `vsp.cli.errors`, before any work starts.
+    """
+    text = os.fspath(uri)
+    if _is_local(text):
+        p = Path(text.removeprefix("file://")).expanduser()
+        for part in (p, *p.parents):
+            if part.exists():
+                if not part.is_dir():
+                    where = "is a file" if part == p else f"runs through the file {part}"
+                    raise VspInputError(f"{option} {text}: {where}, not a folder; choose another path")
+                break
+        if must_exist and not p.is_dir():
+            raise VspInputError(
+                f"{option} {text}: no such store folder (nothing has run there); check the path, or run the "
+                "earlier stages first"
+            )
+        return text
+    if text.startswith("s3://"):
+        from vsp.store import S3Store, open_store
+
+        st = open_store(text)
+        if isinstance(st, S3Store):
+            st.client.list_objects_v2(Bucket=st.bucket, Prefix=st.prefix, MaxKeys=1)
+    return text
+
+
+def open_store_checked(uri: str, *, must_exist: bool = False, read_only: bool = False):
+    """`check_store`, then the store; ``read_only`` opens a local store without creating folders in it."""
+    from vsp.store import open_store
+
+    check_store(uri, must_exist=must_exist or read_only)
+    return open_store(uri, create=False) if read_only else open_store(uri)
 
 
 class Progress:

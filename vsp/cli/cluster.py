@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import app, csv_list, fail
-from vsp.errors import ConfigMismatchError, VspInputError
+from vsp.cli.app import app, check_store, check_weights, csv_list, fail, open_store_checked
+from vsp.errors import VspInputError
 
 JOBS_API = "http://127.0.0.1:8265"
 AddressOpt = Annotated[
@@ -45,13 +45,13 @@ def run_cmd(
     from vsp.runmanifest import format_progress, store_progress
     from vsp.store import open_store
 
-    try:
-        cfg = load_run_config(config)
-        run_pipeline(cfg, csv_list(stages), address=address, no_ray=no_ray)
-    except ConfigMismatchError as exc:
-        fail(str(exc), 3)
-    except (VspInputError, FileNotFoundError) as exc:
-        fail(str(exc))
+    # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
+    cfg = load_run_config(config)
+    chosen = csv_list(stages)
+    if "extract" in (chosen or cfg.stages):
+        check_weights("extract.weights", cfg.extract.weights)
+    check_store(cfg.store, option="store")
+    run_pipeline(cfg, chosen, address=address, no_ray=no_ray)
     typer.echo(format_progress(store_progress(open_store(cfg.store))))
 
 
@@ -116,12 +116,8 @@ def status(
     """
     if store:
         from vsp.runmanifest import format_progress, store_progress
-        from vsp.store import open_store
 
-        try:
-            progress = store_progress(open_store(store))
-        except (VspInputError, FileNotFoundError) as exc:
-            fail(str(exc))
+        progress = store_progress(open_store_checked(store, read_only=True))  # never creates the folder
         typer.echo(json.dumps(progress, indent=1) if as_json else format_progress(progress))
         return
     if not submission_id:

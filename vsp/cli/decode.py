@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import Progress, app, csv_list, fail
-from vsp.errors import ConfigMismatchError, VspInputError
+from vsp.cli.app import Progress, app, check_int, check_number, check_seed, check_store, csv_list
 
 
 @app.command()
@@ -18,7 +17,9 @@ def decode(
         str | None, typer.Option(help="Comma-separated models to decode (default: all in the store).")
     ] = None,
     folds: Annotated[int, typer.Option(help="Stratified folds per property.")] = 5,
-    seed: Annotated[int, typer.Option(help="random_state of StratifiedKFold(shuffle=True).")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="random_state of StratifiedKFold(shuffle=True) (0 .. 2**32 - 1).")
+    ] = 0,
     C: Annotated[
         float, typer.Option("--C", help="Inverse L2 strength, as scikit-learn's LogisticRegression(C=...).")
     ] = 1.0,
@@ -37,21 +38,23 @@ def decode(
     from vsp.decode_stage import DecodeConfig
     from vsp.norms import load_cslb
 
-    try:
-        config = DecodeConfig(
-            folds=folds,
-            seed=seed,
-            C=C,
-            dtype="float64" if float64 else "float32",
-            models=csv_list(models),
-        )
-        summary = run_decode(
-            store, load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts), config, address, no_ray
-        )
-    except ConfigMismatchError as exc:
-        fail(str(exc), 3)
-    except (VspInputError, FileNotFoundError) as exc:
-        fail(str(exc))
+    # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
+    check_int("--folds", folds, 2)
+    check_seed("--seed", seed)
+    check_number("--C", C, positive=True)
+    check_number("--min-pf", min_pf, minimum=0)
+    check_int("--min-concepts", min_concepts, 1)
+    config = DecodeConfig(
+        folds=folds,
+        seed=seed,
+        C=C,
+        dtype="float64" if float64 else "float32",
+        models=csv_list(models),
+    )
+    check_store(store, must_exist=True)  # the features of `vsp extract` live there
+    summary = run_decode(
+        store, load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts), config, address, no_ray
+    )
     typer.echo(summary.line())
     print_summary_table(store)
 
@@ -69,8 +72,9 @@ def run_decode(store: str, norms, config, address: str | None = None, no_ray: bo
         from cluster.decode import run_decode_ray
         from cluster.runtime import init_ray
 
-        init_ray(address)
-        return run_decode_ray(open_store(store).uri, norms, config, progress=progress)
+        return run_decode_ray(  # Ray starts only when a layer is pending
+            open_store(store).uri, norms, config, progress=progress, connect=lambda: init_ray(address)
+        )
     finally:
         progress.close()
 

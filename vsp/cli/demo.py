@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import DEFAULT_MODELS, app, csv_list
+from vsp.cli.app import DEFAULT_MODELS, app, check_int, check_seed, check_store, csv_list
 
 
 @app.command()
@@ -17,7 +17,9 @@ def demo(
     ),
     concepts: Annotated[int, typer.Option(help="Number of generated concepts.")] = 24,
     images_per_concept: Annotated[int, typer.Option(help="Images per concept.")] = 6,
-    seed: Annotated[int, typer.Option(help="Seed of the generated world and of the random weights.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the world, the random weights and the folds (0 .. 2**32 - 1).")
+    ] = 0,
     models: Annotated[str, typer.Option(help="Networks to run.")] = DEFAULT_MODELS,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process without Ray.")] = False,
 ) -> None:
@@ -33,6 +35,10 @@ def demo(
     from vsp.norms import load_cslb, summary
     from vsp.synthetic import generate_world
 
+    check_int("--concepts", concepts, 2)
+    check_int("--images-per-concept", images_per_concept, 1)
+    check_seed("--seed", seed)
+    check_store(str(out), option="--out")
     world = generate_world(
         out / "world", n_concepts=concepts, images_per_concept=images_per_concept, seed=seed
     )
@@ -47,7 +53,7 @@ def demo(
     typer.echo(f"[images] {report.to_text().splitlines()[0]}")
     config = ExtractionConfig(
         models=csv_list(models) or (),
-        layers="all-conv",
+        layers="paper",
         weights="random",
         seed=seed,
         unit_size=8,

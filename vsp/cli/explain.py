@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import app, fail
-from vsp.errors import ConfigMismatchError, VspInputError
+from vsp.cli.app import app, check_choice, check_int, check_number, open_store_checked
+from vsp.errors import VspInputError
 
 
 def norms_from_store(store) -> str | None:
@@ -36,16 +36,23 @@ def explain(
     layers: Annotated[
         str | None,
         typer.Option(
-            help="1-based conv indices and/or module names, e.g. 3,15,27,35 or layer1.0.conv1,penultimate."
+            help="0-based tap indices (layer_index of the decode results, the x axis of Figures 1-2) "
+            "and/or module names, e.g. 3,15,27,35 or layer1.0.conv1,penultimate."
         ),
     ] = None,
     top: Annotated[int, typer.Option(help="Properties listed per layer.")] = 10,
     out: Annotated[
         Path | None, typer.Option(help="PNG figure path (default: <image stem>_explain.png).")
     ] = None,
-    source: Annotated[
-        str, typer.Option(help="Train the maps on per-image vectors (images) or concepts.")
-    ] = "images",
+    train_on: Annotated[
+        str,
+        typer.Option(
+            "--train-on",
+            "--source",
+            help="Train the ridge maps on the concept vectors (concepts, as the paper's Appendix B) "
+            "or on every image's vector (images).",
+        ),
+    ] = "concepts",
     alpha: Annotated[
         str, typer.Option(help="Ridge strength, or 'auto' (grouped CV over concepts).")
     ] = "auto",
@@ -56,45 +63,49 @@ def explain(
 ) -> None:
     """Predict an image's semantic properties per layer with ridge maps trained on the run's features.
 
-    Layers are 1-based conv indices in module order (`--layers all-conv` order; ResNet34 has 36 convs with its
-    three 1x1 downsample convs), as in the paper's Appendix B, or module names, or `penultimate`. The maps are
-    fitted once and cached in the store (explain/<model>/<layer>.npz); the explanation is also recorded under
-    explain/examples/ for `vsp report`.
+    Layers are 0-based tap indices, the layer_index of the decode results and the x axis of Figures 1-2
+    (with `--layers all-conv`, ResNet34's 36 convs in module order, its three 1x1 downsample convs included:
+    the paper's Appendix B layers 3,15,27,35, the default, end at 35 = layer4.2.conv2), or module names, or
+    `penultimate`; each is shown with its module, e.g. "35 (layer4.2.conv2)". The ridge maps are trained on
+    the concept vectors (--train-on images: on every image's vector), fitted once and cached in the store
+    (explain/<model>/<layer>.npz); the explanation is also recorded under explain/examples/ for `vsp report`.
 
     Example: vsp explain car.jpg --store runs/r1 --norms ../shared/data/cslb/norms.dat --model resnet34
     --layers 3,15,27,35 --top 10 --out car_explain.png
     """
-    from vsp.explain import explain_images, figure_bytes, save_example
+    from vsp.explain import TRAIN_ON, explain_images, figure_bytes, save_example
     from vsp.norms import load_cslb
-    from vsp.store import open_store
 
+    # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
+    check_int("--top", top, 1)
+    check_choice("--train-on", train_on, TRAIN_ON)
+    check_choice("--device", device, ("cpu", "cuda", "auto"))
+    check_number("--min-pf", min_pf, minimum=0)
+    check_int("--min-concepts", min_concepts, 1)
+    a: float | str = "auto"
+    if alpha != "auto":
+        try:
+            a = float(alpha)
+        except ValueError:
+            raise VspInputError(f"--alpha: must be 'auto' or a number > 0, got {alpha!r}") from None
+        check_number("--alpha", a, positive=True)
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        st = open_store(store)
-        norms_path = norms or norms_from_store(st)
-        if norms_path is None:
-            raise VspInputError(
-                "pass --norms (no `vsp decode` run in this store records which norms it used)"
-            )
-        a: float | str = "auto" if alpha == "auto" else float(alpha)
-        nm = load_cslb(norms_path, min_pf=min_pf, min_concepts=min_concepts)
-        (expl,) = explain_images(
-            st, nm, [image], model=model, layers=layers, top=top, source=source, alpha=a, device=device
-        )
-        png = figure_bytes(expl)
-        target = out or Path(f"{Path(image).stem}_explain.png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(png)
-        key = save_example(st, expl, png)
-    except ConfigMismatchError as exc:
-        fail(str(exc), 3)
-    except (VspInputError, FileNotFoundError) as exc:
-        fail(str(exc))
-    except ValueError as exc:  # e.g. a non-numeric --alpha
-        fail(str(exc))
+    st = open_store_checked(store, must_exist=True)  # the features of `vsp extract` live there
+    norms_path = norms or norms_from_store(st)
+    if norms_path is None:
+        raise VspInputError("pass --norms (no `vsp decode` run in this store records which norms it used)")
+    nm = load_cslb(norms_path, min_pf=min_pf, min_concepts=min_concepts)
+    (expl,) = explain_images(
+        st, nm, [image], model=model, layers=layers, top=top, train_on=train_on, alpha=a, device=device
+    )
+    png = figure_bytes(expl)
+    target = out or Path(f"{Path(image).stem}_explain.png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(png)
+    key = save_example(st, expl, png)
     if as_json:
         typer.echo(json.dumps(expl.to_json(), indent=2))
     else:

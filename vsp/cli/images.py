@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import fail, images_app
-from vsp.errors import VspInputError
+from vsp.cli.app import images_app
 
 
 @images_app.command("validate")
@@ -23,6 +22,12 @@ def images_validate(
         str | None, typer.Option("--norms", help="Norms file: report concepts missing on either side.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    follow_links: Annotated[
+        bool,
+        typer.Option(
+            "--follow-links", help="Use symlinks and manifest uris (..) that lead outside the image root."
+        ),
+    ] = False,
 ) -> None:
     """Check that every image decodes and that image concepts match the norms; exit 1 on problems.
 
@@ -30,16 +35,14 @@ def images_validate(
     """
     from vsp.images import build_manifest, validate
 
-    try:
-        manifest = build_manifest(images)
-        concepts = None
-        if norms:
-            from vsp.norms import load_cslb
+    # errors (bad input 2, storage 4) become one line in vsp.cli.app
+    manifest = build_manifest(images, follow_links=follow_links)
+    concepts = None
+    if norms:
+        from vsp.norms import load_cslb
 
-            concepts = load_cslb(norms).concepts
-        report = validate(manifest, concepts)
-    except (VspInputError, FileNotFoundError) as exc:
-        fail(str(exc))
+        concepts = load_cslb(norms).concepts
+    report = validate(manifest, concepts)
     typer.echo(json.dumps(report.to_dict(), indent=1) if as_json else report.to_text())
     if not report.ok:
         raise typer.Exit(1)

@@ -6,8 +6,16 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import Progress, app, csv_list, fail
-from vsp.errors import ConfigMismatchError, VspInputError
+from vsp.cli.app import (
+    Progress,
+    app,
+    check_choice,
+    check_int,
+    check_number,
+    check_seed,
+    check_store,
+    csv_list,
+)
 
 
 @app.command("map")
@@ -23,7 +31,9 @@ def map_(
     mappers: Annotated[str, typer.Option(help="knn, ridge, mlp (comma-separated).")] = "knn,ridge,mlp",
     repeats: Annotated[int, typer.Option(help="Repeats of the cross-validation.")] = 5,
     folds: Annotated[int, typer.Option(help="Outer folds over concepts.")] = 10,
-    seed: Annotated[int, typer.Option(help="random_state of RepeatedKFold (and the unit seeds).")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="random_state of RepeatedKFold and the unit seeds (0 .. 2**32 - 1).")
+    ] = 0,
     candidates: Annotated[
         str, typer.Option(help="Ranking candidates: all concepts | the test fold's.")
     ] = "all",
@@ -41,6 +51,15 @@ def map_(
     folds_per_task: Annotated[
         int, typer.Option(help="Folds per task (0: 1 for the MLP, a repeat otherwise).")
     ] = 0,
+    meta_fit: Annotated[
+        str,
+        typer.Option(
+            "--meta-fit",
+            help="SVD / 1ToN meta-embeddings: all = as `vsp meta` fitted them, on every concept (test "
+            "concepts included; transductive) | train = refitted in each outer fold on its training concepts "
+            "(inductive; needs the store's features).",
+        ),
+    ] = "all",
     min_pf: Annotated[float, typer.Option(help="Norms filter: production frequency >= N.")] = 5,
     min_concepts: Annotated[int, typer.Option(help="Norms filter: properties of >= N concepts.")] = 5,
     address: Annotated[
@@ -61,28 +80,47 @@ def map_(
     from vsp.mapping_stage import MappingConfig
     from vsp.norms import load_cslb
 
-    try:
-        config = MappingConfig(
-            embeddings=csv_list(embeddings),
-            mappers=csv_list(mappers) or (),
-            repeats=repeats,
-            folds=folds,
-            seed=seed,
-            candidates=candidates,
-            inner_folds=inner_folds,
-            mlp_epochs=csv_list(mlp_epochs, int),
-            mlp_lr=csv_list(mlp_lr, float),
-            mlp_weight_decay=csv_list(mlp_wd, float),
-            ridge_alphas=csv_list(ridge_alphas, float),
-            folds_per_task=folds_per_task,
-        )
-        nm = load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts)
-        for line in run_map(store, nm, config, address, no_ray):
-            typer.echo(line)
-    except ConfigMismatchError as exc:
-        fail(str(exc), 3)
-    except (VspInputError, FileNotFoundError) as exc:
-        fail(str(exc))
+    # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
+    check_int("--repeats", repeats, 1)
+    check_int("--folds", folds, 2)
+    check_seed("--seed", seed)
+    check_choice("--candidates", candidates, ("all", "test"))
+    check_int("--inner-folds", inner_folds, 2)
+    check_int("--folds-per-task", folds_per_task, 0)
+    check_choice("--meta-fit", meta_fit, ("all", "train"))
+    check_number("--min-pf", min_pf, minimum=0)
+    check_int("--min-concepts", min_concepts, 1)
+    epochs = csv_list(mlp_epochs, int, "--mlp-epochs")
+    for e in epochs or ():
+        check_int("--mlp-epochs", e, 1)
+    grids = {
+        "--mlp-lr": csv_list(mlp_lr, float, "--mlp-lr"),
+        "--mlp-wd": csv_list(mlp_wd, float, "--mlp-wd"),
+        "--ridge-alphas": csv_list(ridge_alphas, float, "--ridge-alphas"),
+    }
+    for option, values in grids.items():
+        decay = option == "--mlp-wd"  # weight decay may be 0; learning rates and alphas must be > 0
+        for v in values or ():
+            check_number(option, v, positive=not decay, minimum=0 if decay else None)
+    config = MappingConfig(
+        embeddings=csv_list(embeddings),
+        mappers=csv_list(mappers) or (),
+        repeats=repeats,
+        folds=folds,
+        seed=seed,
+        candidates=candidates,
+        inner_folds=inner_folds,
+        mlp_epochs=epochs,
+        mlp_lr=grids["--mlp-lr"],
+        mlp_weight_decay=grids["--mlp-wd"],
+        ridge_alphas=grids["--ridge-alphas"],
+        folds_per_task=folds_per_task,
+        meta_fit=meta_fit,
+    )
+    nm = load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts)
+    check_store(store, must_exist=True)  # the embeddings of `vsp meta` live there
+    for line in run_map(store, nm, config, address, no_ray):
+        typer.echo(line)
 
 
 def run_map(store: str, norms, config, address: str | None = None, no_ray: bool = False) -> list[str]:
@@ -106,8 +144,9 @@ def run_map(store: str, norms, config, address: str | None = None, no_ray: bool 
             from cluster.mapping import run_mapping_ray
             from cluster.runtime import init_ray
 
-            init_ray(address)
-            summary = run_mapping_ray(st.uri, norms, config, check=check, progress=progress)
+            summary = run_mapping_ray(  # Ray starts only when a unit is pending
+                st.uri, norms, config, check=check, progress=progress, connect=lambda: init_ray(address)
+            )
     finally:
         progress.close()
     return [summary.line(), st.read_bytes(TABLE2_TXT).decode("utf-8").rstrip("\n")]

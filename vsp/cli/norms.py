@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import app, fail
-from vsp.errors import VspInputError
+from vsp.cli.app import app, check_int, check_number
 
 
 @app.command()
@@ -18,19 +17,52 @@ def norms(
         float, typer.Option(help="Keep (concept, property) pairs with production frequency >= N.")
     ] = 5,
     min_concepts: Annotated[int, typer.Option(help="Keep properties that occur for >= N concepts.")] = 5,
+    colour_words: Annotated[
+        str | None,
+        typer.Option(
+            "--colour-words",
+            help="File of the properties of fine-grained type colour, one per line "
+            "(default: the authors' 16). CSLB norms only.",
+        ),
+    ] = None,
+    shape_words: Annotated[
+        str | None,
+        typer.Option(
+            "--shape-words",
+            help="File of the properties of fine-grained type shape/size, one per line "
+            "(default: the authors' 13). CSLB norms only.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Count concepts and properties after filtering, per feature class and fine-grained type.
 
+    Fine-grained types colour and shape/size are the visual perceptual properties named in the colour and
+    shape/size vocabularies (the authors' lists unless --colour-words / --shape-words give files).
+
     Example: vsp norms --norms ../shared/data/cslb/norms.dat --json
     """
+    from vsp.errors import VspInputError
     from vsp.norms import load_cslb, load_mcrae, summary
 
-    try:
-        loader = load_mcrae if str(norms).endswith(".xlsx") else load_cslb
-        s = summary(loader(norms, min_pf=min_pf, min_concepts=min_concepts))
-    except (VspInputError, FileNotFoundError) as exc:
-        fail(str(exc))
+    # errors (bad input 2, storage 4) become one line in vsp.cli.app
+    check_number("--min-pf", min_pf, minimum=0)
+    check_int("--min-concepts", min_concepts, 1)
+    if str(norms).endswith(".xlsx"):
+        if colour_words or shape_words:
+            raise VspInputError(
+                "--colour-words / --shape-words: only for CSLB norms (McRae's colour type is its BR_Label)"
+            )
+        loaded = load_mcrae(norms, min_pf=min_pf, min_concepts=min_concepts)
+    else:
+        loaded = load_cslb(
+            norms,
+            min_pf=min_pf,
+            min_concepts=min_concepts,
+            colour_vocabulary=colour_words,
+            shape_vocabulary=shape_words,
+        )
+    s = summary(loaded)
     if as_json:
         typer.echo(json.dumps(s))
         return

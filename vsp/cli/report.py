@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import app, fail
-from vsp.errors import VspInputError
+from vsp.cli.app import app, check_choice, check_int, check_number, open_store_checked
 
 
 @app.command()
@@ -27,7 +26,8 @@ def report(
         str | None, typer.Option(help="Network for the explanations (default: resnet34 or the first).")
     ] = None,
     layers: Annotated[
-        str | None, typer.Option(help="Explanation layers: 1-based conv indices or names.")
+        str | None,
+        typer.Option(help="Explanation layers: 0-based tap indices (layer_index of decode) or module names."),
     ] = None,
     top: Annotated[int, typer.Option(help="Properties per layer in the explanations.")] = 8,
     device: Annotated[str, typer.Option(help="cpu | cuda, for the explanations' forward passes.")] = "cpu",
@@ -42,21 +42,25 @@ def report(
     """
     from vsp.report import write_report
 
-    try:
-        result = write_report(
-            store,
-            out,
-            norms=norms,
-            min_pf=min_pf,
-            min_concepts=min_concepts,
-            explain_images=explain_images,
-            explain_model=model,
-            explain_layers=layers,
-            top=top,
-            device=device,
-        )
-    except (VspInputError, FileNotFoundError) as exc:
-        fail(str(exc))
+    # errors (bad input 2, storage 4) become one line in vsp.cli.app
+    check_number("--min-pf", min_pf, minimum=0)
+    check_int("--min-concepts", min_concepts, 1)
+    check_int("--explain-images", explain_images, 0)
+    check_int("--top", top, 1)
+    check_choice("--device", device, ("cpu", "cuda"))
+    st = open_store_checked(store, read_only=True)  # a report reads the run: it never creates the store
+    result = write_report(
+        st,
+        out,
+        norms=norms,
+        min_pf=min_pf,
+        min_concepts=min_concepts,
+        explain_images=explain_images,
+        explain_model=model,
+        explain_layers=layers,
+        top=top,
+        device=device,
+    )
     for sid, status in result.sections.items():
         typer.echo(f"  {sid:<8} {status}")
     typer.echo(result.line())

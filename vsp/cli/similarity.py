@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import app, csv_list, fail
-from vsp.errors import ConfigMismatchError, VspInputError
+from vsp.cli.app import app, check_store, csv_list, fail
 
 
 @app.command()
@@ -47,28 +46,25 @@ def similarity(
     """
     from vsp.norms import load_cslb
 
-    try:
-        benches: dict[str, str] = {}
-        if men:
-            benches["MEN"] = men
-        if simlex:
-            benches["SimLex-999"] = simlex
-        for p in pairs or []:
-            name, _, path = p.partition("=") if "=" in p else (Path(p).stem, "", p)
-            benches[name] = path
-        if not benches:
-            from vsp.similarity_stage import default_benchmarks
+    # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
+    benches: dict[str, str] = {}
+    if men:
+        benches["MEN"] = men
+    if simlex:
+        benches["SimLex-999"] = simlex
+    for p in pairs or []:
+        name, _, path = p.partition("=") if "=" in p else (Path(p).stem, "", p)
+        benches[name] = path
+    if not benches:
+        from vsp.similarity_stage import default_benchmarks
 
-            benches = {k: str(v) for k, v in default_benchmarks().items()}
-            if not benches:
-                fail("no benchmark files: pass --men / --simlex / --pairs, or set VSP_SHARED_DATA")
-        nm = load_cslb(norms) if norms else None
-        for line in run_sim(store, benches, nm, csv_list(embeddings)):
-            typer.echo(line)
-    except ConfigMismatchError as exc:
-        fail(str(exc), 3)
-    except (VspInputError, FileNotFoundError) as exc:
-        fail(str(exc))
+        benches = {k: str(v) for k, v in default_benchmarks().items()}
+        if not benches:
+            fail("no benchmark files: pass --men / --simlex / --pairs, or set VSP_SHARED_DATA")
+    nm = load_cslb(norms) if norms else None
+    check_store(store, must_exist=True)  # the embeddings of `vsp meta` live there
+    for line in run_sim(store, benches, nm, csv_list(embeddings)):
+        typer.echo(line)
 
 
 def run_sim(store: str, benchmarks: dict, norms=None, patterns: list[str] | None = None) -> list[str]:
