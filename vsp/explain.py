@@ -571,6 +571,7 @@ def image_features(
         seed=int(cfg.get("seed", 0)),
         device=device,
         pooling=cfg.get("pooling", "max"),
+        activation=cfg.get("activation", "conv"),  # the store's activation point, so features match
         penultimate=PENULTIMATE in layers,
     ) as ext:
         want = ident.get("weights_identity", {}).get(model)

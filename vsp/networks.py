@@ -30,8 +30,8 @@ Layer selections (:func:`select_layers`):
   expression ``"re:<pattern>"`` matched with ``re.fullmatch`` against every module name. Either way the result
   is in module order, without duplicates.
 
-The default everywhere (CLI, run file, :class:`vsp.features.ExtractionConfig`, :class:`vsp.extract.
-MultiNetExtractor`) is ``"paper"``; for AlexNet, VGG16 and ResNet34 it is the same taps as ``"all-conv"``.
+The default everywhere (``vsp extract``, ``vsp demo``, the run file, ``ExtractionConfig``,
+``MultiNetExtractor``) is ``"paper"``; for AlexNet, VGG16 and ResNet34 it is the same taps as ``"all-conv"``.
 
 Tap kinds: ``"conv"`` (an ``nn.Conv2d``), ``"block"`` (a DenseNet dense layer), ``"transition"`` (a DenseNet
 transition), ``"penultimate"``, and ``"module"`` for any other module picked by name or regex.

@@ -35,6 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vsp import bookkeeping
 from vsp.errors import ConfigMismatchError, VspInputError
 from vsp.runconfig import STAGE_ORDER, RunConfig
 from vsp.store import Store
@@ -58,9 +59,7 @@ _PACKAGES = (
 )
 
 
-def now() -> str:
-    """UTC time in ISO 8601, to the second."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+now = bookkeeping.now  # one clock format for every manifest and marker
 
 
 def package_versions() -> dict[str, str]:

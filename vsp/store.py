@@ -198,19 +198,11 @@ class LocalFileStore(Store):
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write a temp file beside the target, fsync, then os.replace: all or nothing."""
         p = self._path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}{_TMP_MARK}")
+        tmp = _finished_temp(p, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, p)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            _unlink(tmp)
             raise
         log.debug("wrote %d bytes to %s", len(data), p)
 
@@ -238,13 +230,8 @@ class LocalFileStore(Store):
         p = self._path(path)
         if p.exists():
             return False
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}{_TMP_MARK}")
+        tmp = _finished_temp(p, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             try:
                 os.link(tmp, p)
             except FileExistsError:
@@ -260,10 +247,7 @@ class LocalFileStore(Store):
                     os.fsync(f.fileno())
             return True
         finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            _unlink(tmp)
 
     def list_sizes(self, prefix: str = "") -> dict[str, int]:
         """Keys of the files under the folder ``prefix`` with their sizes (temp files hidden)."""
@@ -281,6 +265,28 @@ class LocalFileStore(Store):
                 except FileNotFoundError:  # removed while listing
                     continue
         return out
+
+
+def _finished_temp(p: Path, data: bytes) -> str:
+    """A temp file beside ``p`` holding ``data``, flushed and fsynced (hidden from listings)."""
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}{_TMP_MARK}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return tmp
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 # --- S3 ---------------------------------------------------------------------------------------------------
@@ -487,17 +493,19 @@ class S3Store(Store):
         return self._claim_by_listing(path, data)
 
     def _claim_by_listing(self, path: str, data: bytes) -> bool:
-        """Fallback claim: write a uniquely named claim, list the claims, the earliest one wins.
+        """Fallback claim: write a claim named by the writer's clock, wait, list the claims; earliest wins.
 
-        S3 lists are strongly consistent, so every driver that has written its claim sees the same earliest
-        claim (LastModified, then the key, which starts with the writer's clock in nanoseconds). A driver that
-        arrives after the winner finds the target (or the winner's earlier claim) and loses.
+        S3 lists are strongly consistent. Waiting ``VSP_S3_CLAIM_SETTLE_S`` (default 2 s) after the own claim
+        is written lets every claim stamped earlier land before the listing (given clocks and PUT latencies
+        within that margin), so every driver picks the same earliest claim. A driver that arrives after the
+        winner finds the target or the winner's earlier claim, and loses.
         """
         claims = f"{_clean_key(path)}.claims"
         mine = f"{claims}/{time.time_ns():020d}-{uuid.uuid4().hex}"
         self.write_bytes(mine, data)
-        listed = sorted(self._list_objects(claims), key=lambda x: (x[2], x[0]))
-        winner = listed[0][0] if listed else mine
+        time.sleep(float(os.environ.get("VSP_S3_CLAIM_SETTLE_S", "2")))
+        listed = sorted(k for k, _size, _when in self._list_objects(claims))
+        winner = listed[0] if listed else mine
         if winner != mine:
             if not self.exists(path):
                 self.write_bytes(path, self.read_bytes(winner))  # the winner's bytes: idempotent
