@@ -656,6 +656,36 @@ def store_progress(store: Store) -> dict[str, Any]:
     return out
 
 
+MARKER_PREFIXES = ("decode/done", "meta/done", "meta/decode/done", "mapping/done", "similarity/done")
+
+
+def verify_store(store: Store) -> dict[str, Any]:
+    """Deep check (`vsp status --verify`): re-read every unit's data and compare it with its marker.
+
+    Feature units are re-read and hashed against the value digest of their marker; Parquet outputs against
+    their sha256. Slower than the status listing (it reads everything), so it runs only when asked.
+    """
+    from vsp.bookkeeping import read_markers, verify_outputs
+    from vsp.features import FeatureStore
+
+    checked, bad = 0, []
+    fs = FeatureStore(store)
+    if fs.manifest() is not None:
+        for unit in sorted(fs.done_units()):
+            checked += 1
+            if not fs.verify_unit(unit):
+                bad.append(fs.marker_path(unit))
+    for prefix in MARKER_PREFIXES:
+        keys = [
+            k for k in store.list(prefix) if k.endswith(".json")
+        ]  # a folder: meta/done/..., not meta/decode
+        for key, doc in read_markers(store, keys).items():
+            checked += 1
+            if verify_outputs(store, doc):
+                bad.append(key)
+    return {"checked": checked, "mismatched": bad}
+
+
 def format_progress(progress: dict[str, Any]) -> str:
     """Human-readable lines for `vsp status --store`."""
     lines = []

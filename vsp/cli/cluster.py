@@ -109,16 +109,40 @@ def status(
         typer.Option("--store", help="Report a store prefix instead: which units of which stages are done."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="With --store: re-read every unit's data and check it against its marker."
+        ),
+    ] = False,
 ) -> None:
     """The state of a submitted job, or of a store prefix (units done per stage, from their markers).
 
     Examples: vsp status raysubmit_abc --address http://127.0.0.1:8265   |   vsp status --store s3://vsp/runs/demo
+    |   vsp status --store runs/r1 --verify
     """
     if store:
         from vsp.runmanifest import format_progress, store_progress
 
-        progress = store_progress(open_store_checked(store, read_only=True))  # never creates the folder
+        opened = open_store_checked(store, read_only=True)  # never creates the folder
+        progress = store_progress(opened)
+        if verify:
+            from vsp.runmanifest import verify_store
+
+            progress["verified"] = verify_store(opened)
         typer.echo(json.dumps(progress, indent=1) if as_json else format_progress(progress))
+        if verify and not as_json:
+            v = progress["verified"]
+            if v["mismatched"]:
+                bad = ", ".join(v["mismatched"][:10])
+                typer.echo(
+                    f"verify: {len(v['mismatched'])} of {v['checked']} units differ from their markers; "
+                    f"delete those markers and rerun to redo them: {bad}"
+                )
+            else:
+                typer.echo(f"verify: all {v['checked']} units re-read and equal to their markers")
+        if verify and progress["verified"]["mismatched"]:
+            raise typer.Exit(1)
         return
     if not submission_id:
         fail("give a SUBMISSION_ID (with --address) or --store URI")
