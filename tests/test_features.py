@@ -94,8 +94,8 @@ def test_marker_only_after_data(tmp_path, monkeypatch):
     assert fs.pending_units(plan) == [0, 1, 2]
 
 
-def test_a_model_group_opens_as_one_labelled_xarray_dataset(tmp_path):
-    xr = pytest.importorskip("xarray")
+def written_store(tmp_path):
+    """A plan whose every unit is written to a fresh local store."""
     plan = make_plan()
     store = open_store(tmp_path)
     fs = FeatureStore(store)
@@ -103,6 +103,12 @@ def test_a_model_group_opens_as_one_labelled_xarray_dataset(tmp_path):
     rng = np.random.default_rng(0)
     for u in range(len(plan.units)):
         fs.write_unit(plan, unit_result(plan, u, rng)[0])
+    return plan, store, fs
+
+
+def test_a_model_group_opens_as_one_labelled_xarray_dataset(tmp_path):
+    xr = pytest.importorskip("xarray")
+    plan, store, fs = written_store(tmp_path)
     ds = xr.open_zarr(str(tmp_path / "features" / "features.zarr"), group="net", consolidated=False)
     assert list(ds["concept"].values) == plan.concepts
     assert ds["conv1"].dims == ("concept", "channel_conv1")
@@ -148,13 +154,7 @@ def test_status_verify_rereads_the_data_and_finds_changed_values(tmp_path):
 
     from vsp.cli import app
 
-    plan = make_plan()
-    store = open_store(tmp_path)
-    fs = FeatureStore(store)
-    fs.create(plan)
-    rng = np.random.default_rng(0)
-    for u in range(len(plan.units)):
-        fs.write_unit(plan, unit_result(plan, u, rng)[0])
+    plan, store, fs = written_store(tmp_path)
     runner = CliRunner()
     ok = runner.invoke(app, ["status", "--store", str(tmp_path), "--verify"])
     assert ok.exit_code == 0 and "all 3 units re-read and equal to their markers" in ok.output
