@@ -17,8 +17,6 @@ from jobs.runner import StageContext, main
 
 log = logging.getLogger(__name__)
 
-MARKER = "report/done.json"  # vsp.report.REPORT_MARKER, written by write_report after its files
-
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Run the stage; returns its counts for run.json."""
@@ -46,7 +44,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "csv": len(result.csv),
         "summary": result.line(),
     }
-    # write_report has recorded MARKER (the files with sizes and sha256) after writing them
+    # write_report has recorded report/done.json (its files with sizes and sha256) after writing them
     log.info("%s", result.line())
     return counts
 

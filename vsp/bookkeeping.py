@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vsp.errors import ConfigMismatchError
-from vsp.store import LocalFileStore, Store
+from vsp.store import LocalFileStore, Store, parquet_bytes
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,7 @@ __all__ = [
     "bytes_output",
     "check_identity",
     "diff_identity",
+    "digest",
     "now",
     "open_manifest",
     "parquet_bytes",
@@ -56,6 +56,11 @@ def now() -> str:
 
 
 # --------------------------------------------------------------------------------------------- identity
+def digest(obj: Any) -> str:
+    """sha256 of a JSON-able object (keys sorted): how one identity is named inside another."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
 def diff_identity(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
     """The keys in which two identities differ; a differing ``config`` is named field by field."""
     keys = sorted(set(have) | set(want))
@@ -115,13 +120,6 @@ def open_manifest(
 def bytes_output(key: str, data: bytes) -> dict[str, Any]:
     """What a marker records of one whole object: its key, size and sha256."""
     return {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    """A table serialised as Parquet (what :meth:`Store.write_parquet` writes)."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
 
 
 def write_output(store: Store, key: str, data: bytes | pa.Table) -> dict[str, Any]:

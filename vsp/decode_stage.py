@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from vsp.bookkeeping import MarkerScan, open_manifest, scan_markers, write_marker, write_output
+from vsp.bookkeeping import MarkerScan, digest, open_manifest, scan_markers, write_marker, write_output
 from vsp.errors import VspInputError
 from vsp.features import FeatureStore, LayerInfo
 from vsp.norms import Norms
@@ -115,9 +115,7 @@ def prepare(
         "config": asdict(config) | {"models": list(config.models) if config.models else None},
         "norms": norms_identity(norms),
         "norms_source": str(norms.source),
-        "features": hashlib.sha256(
-            json.dumps(features.manifest()["identity"], sort_keys=True).encode()  # type: ignore[index]
-        ).hexdigest(),
+        "features": digest(features.manifest()["identity"]),  # type: ignore[index]
         "properties": task.properties,
         "dropped_properties": dropped,
     }

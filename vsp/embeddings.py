@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from vsp.bookkeeping import now, open_manifest, scan_markers, write_marker, write_output
+from vsp.bookkeeping import digest, open_manifest, scan_markers, write_marker, write_output
 from vsp.errors import VspInputError
 from vsp.norms import FEATURE_CLASSES, FINE_GRAINED, Norms
 from vsp.store import Store
@@ -113,9 +113,6 @@ class _torch_threads:  # noqa: N801 - used as a context manager
             import torch
 
             torch.set_num_threads(self.old)
-
-
-_now = now
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -267,10 +264,6 @@ class PlannedEmbedding:
         return asdict(self)
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
 def _load_text(config: MetaConfig, concepts: Sequence[str]):
     from vsp.text import GLOVE_PACKAGE, concept_vectors, concept_vocabulary, load_text_vectors
 
@@ -344,14 +337,10 @@ def _identity(
     return {
         "format": FORMAT_VERSION,
         "config": config.to_json(),
-        "features": _digest(fs.manifest()["identity"]) if fs is not None else None,  # type: ignore[index]
+        "features": digest(fs.manifest()["identity"]) if fs is not None else None,  # type: ignore[index]
         "concepts": concepts,
         "text": text_id,
     }
-
-
-def _open(store: Store, path: str, identity: dict, what: str, extra: dict | None = None) -> None:
-    open_manifest(store, path, identity, what, extra)
 
 
 def _legacy_outputs(marker: str, _doc: dict) -> list[dict]:
@@ -361,24 +350,21 @@ def _legacy_outputs(marker: str, _doc: dict) -> list[dict]:
     return [{"key": embedding_path(marker[len(f"{ROOT}/done/") : -len(".json")])}]
 
 
+def _proven(
+    store: Store, names: Sequence[str], marker: Callable[[str], str], done: str, data: str
+) -> set[str]:
+    scan = scan_markers(store, done, [data], _legacy_outputs, [marker(n) for n in names])
+    return {n for n in names if marker(n) in scan}
+
+
 def built_embeddings(store: Store, names: Sequence[str]) -> set[str]:
     """The embeddings among ``names`` whose marker proves its Parquet."""
-    scan = scan_markers(
-        store, f"{ROOT}/done", [f"{ROOT}/embeddings"], _legacy_outputs, [marker_path(n) for n in names]
-    )
-    return {n for n in names if marker_path(n) in scan}
+    return _proven(store, names, marker_path, f"{ROOT}/done", f"{ROOT}/embeddings")
 
 
 def decoded_embeddings(store: Store, names: Sequence[str]) -> set[str]:
     """The embeddings among ``names`` whose decodability marker proves its Parquet."""
-    scan = scan_markers(
-        store,
-        f"{ROOT}/decode/done",
-        [f"{ROOT}/decode/results"],
-        _legacy_outputs,
-        [decode_marker_path(n) for n in names],
-    )
-    return {n for n in names if decode_marker_path(n) in scan}
+    return _proven(store, names, decode_marker_path, f"{ROOT}/decode/done", f"{ROOT}/decode/results")
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -486,7 +472,7 @@ def _run_meta(
             "missing": text_cv.coverage.missing,
         }
     identity = _identity(store, config, concepts, fs, text_id)
-    _open(store, MANIFEST, identity, "meta run", {"plan": [p.to_json() for p in plan]})
+    open_manifest(store, MANIFEST, identity, "meta run", {"plan": [p.to_json() for p in plan]})
     have = built_embeddings(store, [p.name for p in plan])
     todo = [p for p in plan if p.name not in have]
     built: list[str] = []
@@ -609,9 +595,9 @@ def _run_decodability(
         "config": {"folds": config.folds, "seed": config.seed, "C": config.C, "dtype": config.dtype},
         "norms": norms_identity(norms),
         "norms_source": str(norms.source),
-        "meta": _digest(store.read_json(MANIFEST)["identity"]),
+        "meta": digest(store.read_json(MANIFEST)["identity"]),
     }
-    _open(
+    open_manifest(
         store,
         DECODE_MANIFEST,
         identity,

@@ -57,6 +57,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from vsp.bookkeeping import digest
 from vsp.errors import VspInputError
 from vsp.features import FeatureStore, LayerInfo
 from vsp.norms import FEATURE_CLASSES, Norms
@@ -268,7 +269,7 @@ def _features_digest(fs: FeatureStore) -> str:
     man = fs.manifest()
     if man is None:
         raise FileNotFoundError(f"no features at {fs.store.uri}: run `vsp extract` first")
-    return hashlib.sha256(json.dumps(man["identity"], sort_keys=True).encode()).hexdigest()
+    return digest(man["identity"])
 
 
 def _check_train_on(train_on: str) -> str:

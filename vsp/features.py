@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
-from vsp.bookkeeping import now, open_manifest, scan_markers, write_marker
+from vsp.bookkeeping import digest, now, open_manifest, scan_markers, write_marker
 from vsp.errors import ConfigMismatchError, VspInputError
 from vsp.store import Store
 
@@ -190,15 +190,17 @@ class FeatureStore:
             "dropped_concepts": dict(plan.dropped),
         }
         _, created = open_manifest(self.store, MANIFEST, want, "extraction run", extra=extra)
-        digest = _digest(want)
-        n_concepts = len(plan.concepts)
-        if self.store.exists(LAYOUT) and self.store.read_json(LAYOUT).get("identity_sha256") == digest:
+        want_sha = digest(want)
+        if self.store.exists(LAYOUT) and self.store.read_json(LAYOUT).get("identity_sha256") == want_sha:
             return created
         self._ensure_arrays(plan)
-        self.store.write_json(
-            LAYOUT, {"identity_sha256": digest, "arrays": 2 * len(plan.layers) + 1, "finished": now()}
+        self.store.write_json(LAYOUT, {"identity_sha256": want_sha, "finished": now()})
+        log.info(
+            "feature layout: %d layers, %d concepts in %s",
+            len(plan.layers),
+            len(plan.concepts),
+            self.store.uri,
         )
-        log.info("feature layout: %d layers, %d concepts in %s", len(plan.layers), n_concepts, self.store.uri)
         return created
 
     def _ensure_arrays(self, plan: FeaturePlan) -> None:
@@ -275,7 +277,7 @@ class FeatureStore:
             i = int(doc.get("unit", -1))
             if not 0 <= i < len(units):
                 return [{"key": f"{ZARR_PATH}/missing-unit-{i}"}]
-            return [{"key": k} for k in unit_chunk_keys(layers, units[i][0] // _unit_size(man))]
+            return [{"key": key} for _, key in unit_chunks(layers, units[i][0] // _unit_size(man))]
 
         scan = scan_markers(self.store, DONE, [ZARR_PATH], legacy_outputs=legacy)
         return {_unit_of(k) for k in scan.done}, {_unit_of(k) for k in scan.invalid}
@@ -294,8 +296,8 @@ class FeatureStore:
         start, stop = plan.units[result.unit]
         chunk = start // plan.config.unit_size
         root = zarr.open_group(store=self.store.zarr_store(ZARR_PATH), mode="r+", zarr_format=3)
-        digest = hashlib.sha256()
-        blocks: list[tuple[str, np.ndarray, float]] = []
+        values = hashlib.sha256()
+        blocks: list[tuple[np.ndarray, float]] = []  # in unit_chunks order, with each array's fill value
         for layer in plan.layers:
             cv = result.concept_vectors[layer.path]
             iv = result.image_vectors[layer.path]
@@ -303,14 +305,14 @@ class FeatureStore:
                 raise ValueError(
                     f"unit {result.unit} {layer.path}: shape {cv.shape} != {(stop - start, layer.channels)}"
                 )
-            blocks.append((f"{layer.model}/{layer.name}", cv.astype(np.float32, copy=False), np.nan))
-            blocks.append((f"{layer.model}/images/{layer.name}", iv.astype(np.float32, copy=False), np.nan))
-        blocks.append(("n_images", result.n_images.astype(np.int32), 0))
+            blocks.append((cv.astype(np.float32, copy=False), np.nan))
+            blocks.append((iv.astype(np.float32, copy=False), np.nan))
+        blocks.append((result.n_images.astype(np.int32), 0))
         outputs = []
-        for (path, block, fill), key in zip(blocks, _chunk_keys_of(blocks, chunk), strict=True):
+        for (path, key), (block, fill) in zip(unit_chunks(plan.layers, chunk), blocks, strict=True):
             root[path][start:stop] = block
-            digest.update(key.encode())
-            digest.update(np.ascontiguousarray(block).tobytes())
+            values.update(key.encode())
+            values.update(np.ascontiguousarray(block).tobytes())
             empty = np.isnan(block).all() if np.isnan(fill) else bool((block == fill).all())
             if not empty:  # zarr stores no chunk that holds only the fill value
                 outputs.append({"key": key})
@@ -322,7 +324,7 @@ class FeatureStore:
             concepts=[start, stop],
             n_images=int(result.n_images.sum()),
             skipped=result.skipped,
-            values_sha256=digest.hexdigest(),
+            values_sha256=values.hexdigest(),
         )
 
     def verify_unit(self, unit: int) -> bool:
@@ -334,14 +336,11 @@ class FeatureStore:
         start, stop = man["units"][unit]
         root = self._root()
         layers = [LayerInfo(**x) for x in man["identity"]["layers"]]
-        paths = [p for x in layers for p in (f"{x.model}/{x.name}", f"{x.model}/images/{x.name}")]
-        paths.append("n_images")
-        keys = unit_chunk_keys(layers, start // _unit_size(man))
-        digest = hashlib.sha256()
-        for path, key in zip(paths, keys, strict=True):
-            digest.update(key.encode())
-            digest.update(np.ascontiguousarray(root[path][start:stop]).tobytes())
-        return digest.hexdigest() == doc["values_sha256"]
+        values = hashlib.sha256()
+        for path, key in unit_chunks(layers, start // _unit_size(man)):
+            values.update(key.encode())
+            values.update(np.ascontiguousarray(root[path][start:stop]).tobytes())
+        return values.hexdigest() == doc["values_sha256"]
 
     # -- readers -----------------------------------------------------------------------------------------
     def _root(self) -> zarr.Group:
@@ -404,10 +403,6 @@ class FeatureStore:
         return man is not None and self.done_units() >= set(range(len(man["units"])))
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
 def _unit_of(marker_key: str) -> int:
     return int(marker_key.rsplit("unit-", 1)[1].split(".")[0])
 
@@ -416,22 +411,18 @@ def _unit_size(manifest: Mapping[str, Any]) -> int:
     return int(manifest.get("identity", {}).get("config", {}).get("unit_size", 16))
 
 
-def unit_chunk_keys(layers: Sequence[LayerInfo], chunk: int) -> list[str]:
-    """The store keys of one unit's chunks, in write order.
+def unit_chunks(layers: Sequence[LayerInfo], chunk: int) -> list[tuple[str, str]]:
+    """(array path in the group, store key of its chunk) of every array one unit writes, in write order.
 
-    Per layer the concept array then the image array, then ``n_images`` (zarr v3's default chunk-key
-    encoding, ``c/<i>/<j>...``).
+    Per layer the concept array then the image array, then ``n_images``; keys follow zarr v3's default
+    chunk-key encoding (``c/<i>/<j>...``). The marker lists these keys; the deep check re-reads them.
     """
-    keys = []
+    out = []
     for x in layers:
-        keys.append(f"{ZARR_PATH}/{x.model}/{x.name}/c/{chunk}/0")
-        keys.append(f"{ZARR_PATH}/{x.model}/images/{x.name}/c/{chunk}/0/0")
-    keys.append(f"{ZARR_PATH}/n_images/c/{chunk}")
-    return keys
-
-
-def _chunk_keys_of(blocks: Sequence[tuple[str, np.ndarray, float]], chunk: int) -> list[str]:
-    return [f"{ZARR_PATH}/{path}/c/" + "/".join([str(chunk)] + ["0"] * (b.ndim - 1)) for path, b, _ in blocks]
+        out.append((f"{x.model}/{x.name}", f"{ZARR_PATH}/{x.model}/{x.name}/c/{chunk}/0"))
+        out.append((f"{x.model}/images/{x.name}", f"{ZARR_PATH}/{x.model}/images/{x.name}/c/{chunk}/0/0"))
+    out.append(("n_images", f"{ZARR_PATH}/n_images/c/{chunk}"))
+    return out
 
 
 LABELS = ("concept", "image", "uri")  # coordinate arrays beside the layers, written by the coordinator

@@ -313,7 +313,7 @@ def _resolve_uri(
             raise VspInputError(f"uri {uri!r} is an absolute local path inside an S3 manifest ({base})")
         bucket, _, prefix = base[len("s3://") :].partition("/")
         parts = [p for p in prefix.split("/") if p]
-        depth = len(parts)
+        depth = base_depth = len(parts)  # the shallowest point the path reaches, and the manifest's own
         for p in PurePosixPath(uri).parts:
             if p == "..":
                 if not parts:
@@ -322,7 +322,7 @@ def _resolve_uri(
                 depth = min(depth, len(parts))
             elif p != ".":
                 parts.append(p)
-        if depth < len([p for p in prefix.split("/") if p]) and not follow_links:
+        if depth < base_depth and not follow_links:
             raise VspInputError(f"uri {uri!r} climbs out of the manifest's folder {base} with '..'; {hint}")
         return f"s3://{bucket}/{'/'.join(parts)}"
     path = os.path.expanduser(uri)

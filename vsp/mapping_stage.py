@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from vsp import mapping
-from vsp.bookkeeping import MarkerScan, open_manifest, scan_markers, write_marker, write_output
+from vsp.bookkeeping import MarkerScan, digest, open_manifest, scan_markers, write_marker, write_output
 from vsp.embeddings import MANIFEST as META_MANIFEST
 from vsp.embeddings import Embedding, PaperCheck, embedding_names, read_embedding, write_text
 from vsp.errors import ConfigMismatchError, VspInputError
@@ -243,8 +243,6 @@ class Unit:
 
 def pf_digest(norms: Norms) -> str:
     """A digest of the PF matrix and its labels: what the mapping targets are."""
-    import hashlib
-
     h = hashlib.sha256(json.dumps([norms.concepts, norms.properties]).encode())
     h.update(np.ascontiguousarray(norms.pf, dtype=np.float32).tobytes())
     return h.hexdigest()
@@ -318,10 +316,6 @@ def prepare(store: Store, norms: Norms, config: MappingConfig) -> tuple[list[Map
     return data, identity
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
 def refit_spec(store: Store, emb: Embedding, data: MappingData, config: MappingConfig) -> MetaRefit | None:
     """What refitting ``emb`` per outer fold needs (None for an embedding that is not SVD / 1ToN based).
 
@@ -344,7 +338,7 @@ def refit_spec(store: Store, emb: Embedding, data: MappingData, config: MappingC
             f"{store.uri}: meta_fit=train refits {emb.name} from the features `vsp meta` built it from, "
             "but the store has no features"
         )
-    features = _sha(man["identity"])
+    features = digest(man["identity"])
     if meta_id.get("features") not in (None, features):
         raise ConfigMismatchError(
             f"{store.uri}: the features changed since `vsp meta` built {emb.name}; rerun `vsp meta`"
@@ -375,7 +369,7 @@ def refit_spec(store: Store, emb: Embedding, data: MappingData, config: MappingC
         tpos = {c: i for i, c in enumerate(temb.concepts)}
         text = temb.matrix[[tpos[c] for c in data.concepts]]
     cv = [config.repeats, config.folds, config.seed]
-    key = _sha([features, image, kind, sources, data.concepts, params, cv])[:16]
+    key = digest([features, image, kind, sources, data.concepts, params, cv])[:16]
     return MetaRefit(str(kind), str(emb.info.get("model")), image, sources, rows, params, key, text)
 
 

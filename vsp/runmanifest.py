@@ -116,16 +116,15 @@ def _output_manifest(stage: str) -> str | None:
     """The key whose presence says a stage wrote results under the prefix (its manifest), if it has one."""
     import importlib
 
-    module = {
-        "extract": "vsp.features",
-        "decode": "vsp.decode_stage",
-        "meta": "vsp.embeddings",
-        "map": "vsp.mapping_stage",
-        "similarity": "vsp.similarity_stage",
+    where = {
+        "extract": ("vsp.features", "MANIFEST"),
+        "decode": ("vsp.decode_stage", "MANIFEST"),
+        "meta": ("vsp.embeddings", "MANIFEST"),
+        "map": ("vsp.mapping_stage", "MANIFEST"),
+        "similarity": ("vsp.similarity_stage", "MANIFEST"),
+        "report": ("vsp.report", "REPORT_MARKER"),
     }.get(stage)
-    if module is not None:
-        return importlib.import_module(module).MANIFEST
-    return "report/done.json" if stage == "report" else None  # jobs.report.MARKER
+    return getattr(importlib.import_module(where[0]), where[1]) if where is not None else None
 
 
 def _has_output(store: Store, doc: dict[str, Any], stage: str) -> bool:

@@ -141,9 +141,14 @@ class Store:
 
     def write_parquet(self, path: str, table: pa.Table) -> None:
         """Write a Parquet table with atomic replace (serialised in memory, then one write)."""
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        self.write_bytes(path, sink.getvalue().to_pybytes())
+        self.write_bytes(path, parquet_bytes(table))
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table serialised as Parquet, the bytes :meth:`Store.write_parquet` writes."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 class LocalFileStore(Store):
@@ -152,15 +157,16 @@ class LocalFileStore(Store):
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root).expanduser().resolve()
         self.create = create
-        if self.root.exists() and not self.root.is_dir():
-            raise VspInputError(
-                f"store {self.root} is a file, not a folder: pass a folder or s3://bucket/prefix"
-            )
+        for part in (self.root, *self.root.parents):  # the nearest existing part must be a folder
+            if part.exists():
+                if not part.is_dir():
+                    where = "is a file" if part == self.root else f"runs through the file {part}"
+                    raise VspInputError(
+                        f"store {self.root} {where}, not a folder: pass a folder or s3://bucket/prefix"
+                    )
+                break
         if create:
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except (FileExistsError, NotADirectoryError) as e:
-                raise VspInputError(f"store {self.root}: a part of the path is a file ({e.strerror})") from e
+            self.root.mkdir(parents=True, exist_ok=True)
         self.uri = str(self.root)
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
@@ -208,15 +214,14 @@ class LocalFileStore(Store):
 
     def list(self, prefix: str = "") -> list[str]:
         """Store-relative keys of the files under the folder ``prefix``, sorted (temp files hidden)."""
+        return sorted(p.relative_to(self.root).as_posix() for p in self._files(prefix))
+
+    def _files(self, prefix: str) -> list[Path]:
+        """The files under the folder ``prefix`` (temp files hidden), unsorted."""
         base = self._path(prefix, allow_empty=True)
         if not base.is_dir():
             return []
-        keys = []
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                if _TMP_MARK not in name:
-                    keys.append(Path(dirpath, name).relative_to(self.root).as_posix())
-        return sorted(keys)
+        return [Path(d, name) for d, _dirs, files in os.walk(base) for name in files if _TMP_MARK not in name]
 
     def delete(self, path: str) -> None:
         """Remove the file; a missing one is fine."""
@@ -251,19 +256,12 @@ class LocalFileStore(Store):
 
     def list_sizes(self, prefix: str = "") -> dict[str, int]:
         """Keys of the files under the folder ``prefix`` with their sizes (temp files hidden)."""
-        base = self._path(prefix, allow_empty=True)
-        if not base.is_dir():
-            return {}
         out: dict[str, int] = {}
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                if _TMP_MARK in name:
-                    continue
-                full = Path(dirpath, name)
-                try:
-                    out[full.relative_to(self.root).as_posix()] = full.stat().st_size
-                except FileNotFoundError:  # removed while listing
-                    continue
+        for full in self._files(prefix):
+            try:
+                out[full.relative_to(self.root).as_posix()] = full.stat().st_size
+            except FileNotFoundError:  # removed while listing
+                continue
         return out
 
 
@@ -447,13 +445,7 @@ class S3Store(Store):
 
     def list(self, prefix: str = "") -> list[str]:
         """Store-relative keys of the objects under the folder ``prefix``, sorted."""
-        base = self._key(prefix, allow_empty=True)
-        paginator = self.client.get_paginator("list_objects_v2")
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        keys = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=base + "/" if base else ""):
-            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", ()))
-        return sorted(keys)
+        return sorted(key for key, _size, _when in self._list_objects(prefix))
 
     def delete(self, path: str) -> None:
         """Remove the object; a missing key is fine (S3 semantics)."""

@@ -182,23 +182,19 @@ def check_store(uri: str, *, must_exist: bool = False, option: str = "--store") 
     a server that is down, a missing bucket, or missing / wrong / refused credentials fail here, named by
     `vsp.cli.errors`, before any work starts.
     """
+    from vsp.store import open_store
+
     text = os.fspath(uri)
     if _is_local(text):
-        p = Path(text.removeprefix("file://")).expanduser()
-        for part in (p, *p.parents):
-            if part.exists():
-                if not part.is_dir():
-                    where = "is a file" if part == p else f"runs through the file {part}"
-                    raise VspInputError(f"{option} {text}: {where}, not a folder; choose another path")
-                break
-        if must_exist and not p.is_dir():
+        local = open_store(text, create=False)  # refuses a path that is, or runs through, a file
+        if must_exist and not local.root.is_dir():  # type: ignore[attr-defined]
             raise VspInputError(
                 f"{option} {text}: no such store folder (nothing has run there); check the path, or run the "
                 "earlier stages first"
             )
         return text
     if text.startswith("s3://"):
-        from vsp.store import S3Store, open_store
+        from vsp.store import S3Store
 
         st = open_store(text)
         if isinstance(st, S3Store):
