@@ -1,6 +1,6 @@
 """One-pass all-layer extraction vs. a per-layer baseline: images/s and peak memory.
 
-(a) one-pass: ``vsp.extract.MultiNetExtractor``, one forward pass per network per batch, every tap pooled
+(a) one-pass: ``vsp.extract.hooks.MultiNetExtractor``, one forward pass per network per batch, every tap pooled
     inside its hook (all-conv + penultimate).
 (b) per-layer baseline (what a per-module extractor such as thingsvision does): for each tap, one forward pass
     per batch with a hook that keeps a copy of the *full* feature map on the host; after all batches the maps
@@ -42,8 +42,8 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vsp.extract import MultiNetExtractor, extract_images  # noqa: E402
-from vsp.networks import PAPER_MODELS, load_model, penultimate_tap, select_layers  # noqa: E402
+from vsp.extract.hooks import MultiNetExtractor, extract_images  # noqa: E402
+from vsp.extract.networks import PAPER_MODELS, load_model, penultimate_tap, select_layers  # noqa: E402
 
 # glibc returns every block above this size to the OS on free, so peak RSS tracks live memory (memory runs)
 MMAP_THRESHOLD = str(128 * 1024)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vsp.decode_stage import DecodeConfig, run_decode_local
-from vsp.extract import MultiNetExtractor
-from vsp.extract_stage import layer_infos
-from vsp.features import ExtractionConfig, FeaturePlan, FeatureStore, UnitResult
-from vsp.norms import load_cslb
-from vsp.store import open_store
+from vsp.data.norms import load_cslb
+from vsp.decode.stage import DecodeConfig, run_decode_local
+from vsp.extract.features import ExtractionConfig, FeaturePlan, FeatureStore, UnitResult
+from vsp.extract.hooks import MultiNetExtractor
+from vsp.extract.stage import layer_infos
+from vsp.io.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 

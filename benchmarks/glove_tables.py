@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vsp import mapping
-from vsp.norms import load_cslb
-from vsp.similarity import BENCHMARKS, benchmark_pairs, score_embedding
-from vsp.text import GLOVE_PACKAGE, concept_vectors, concept_vocabulary, load_text_vectors
+from vsp.data.norms import load_cslb
+from vsp.data.text import GLOVE_PACKAGE, concept_vectors, concept_vocabulary, load_text_vectors
+from vsp.mapping import mappers as mapping
+from vsp.similarity.score import BENCHMARKS, benchmark_pairs, score_embedding
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_T2 = {  # GloVe row of Table 2 (spaCy GloVe, 300-d): Hit@1, @5, @10, @20

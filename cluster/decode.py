@@ -1,7 +1,7 @@
 """Ray fan-out of the decoding grid: one task per few layers, the labels put in the object store once.
 
 A task never fits a single probe: it decodes whole layers (all properties x folds at once, batched in
-``vsp.probe``), writes each layer's Parquet and then its marker, so a retried task only redoes its layers.
+``vsp.decode.probe``), writes each layer's Parquet and then its marker, so a retried task only redoes its layers.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 import ray
 
 from cluster.waiting import wait_any
-from vsp.decode_stage import DecodeConfig, DecodeSummary, decode_unit, finish, open_run, pending, prepare
-from vsp.features import FeatureStore
-from vsp.norms import Norms
-from vsp.store import open_store
+from vsp.data.norms import Norms
+from vsp.decode.stage import DecodeConfig, DecodeSummary, decode_unit, finish, open_run, pending, prepare
+from vsp.extract.features import FeatureStore
+from vsp.io.store import open_store
 
 
 @ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)

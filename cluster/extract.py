@@ -27,16 +27,16 @@ from typing import Any
 import ray
 
 from cluster.waiting import wait_any
-from vsp.extract_stage import (
+from vsp.data.images import ImageRecord
+from vsp.extract.features import ExtractionConfig, FeaturePlan, FeatureStore
+from vsp.extract.stage import (
     ExtractionSummary,
     compute_unit,
     decode_unit,
     make_extractor,
     plan_extraction,
 )
-from vsp.features import ExtractionConfig, FeaturePlan, FeatureStore
-from vsp.images import ImageRecord
-from vsp.store import open_store
+from vsp.io.store import open_store
 
 log = logging.getLogger(__name__)
 

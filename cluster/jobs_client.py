@@ -39,8 +39,8 @@ from typing import Any
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from cluster import auth
-from vsp.runconfig import ENV_VAR, RunConfig
-from vsp.runmanifest import git_commit
+from vsp.config import ENV_VAR, RunConfig
+from vsp.runrecord import git_commit
 
 log = logging.getLogger(__name__)
 

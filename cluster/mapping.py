@@ -1,7 +1,7 @@
 """Ray fan-out of the zero-shot mapping grid (embedding x mapper x repeat x fold): `vsp map` on a cluster.
 
 Each embedding's aligned (X, Y) is put in the object store once and shared by all its tasks. A task runs a
-group of units (`vsp.mapping_stage.Unit`): every kNN / ridge unit of one (embedding, mapper) together (they
+group of units (`vsp.mapping.stage.Unit`): every kNN / ridge unit of one (embedding, mapper) together (they
 take milliseconds per fold), and one MLP unit (``folds_per_task`` folds, 1 by default) per task, so the MLP
 folds spread over every core. Each task writes each unit's Parquet and then its marker, so a retried task
 only redoes its own units; the coordinator then writes Table 2 exactly as the local loop does.
@@ -21,8 +21,9 @@ from typing import Any
 import ray
 
 from cluster.waiting import wait_any
-from vsp.embeddings import PaperCheck
-from vsp.mapping_stage import (
+from vsp.data.norms import Norms
+from vsp.io.store import open_store
+from vsp.mapping.stage import (
     MappingConfig,
     MappingData,
     MappingSummary,
@@ -34,8 +35,7 @@ from vsp.mapping_stage import (
     prepare,
     run_unit,
 )
-from vsp.norms import Norms
-from vsp.store import open_store
+from vsp.meta.stage import PaperCheck
 
 
 @ray.remote(num_cpus=1, max_retries=3)

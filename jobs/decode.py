@@ -32,7 +32,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             connect=ctx.connect,
         )  # fmt: skip
     else:
-        from vsp.decode_stage import run_decode_local
+        from vsp.decode.stage import run_decode_local
 
         summary = run_decode_local(ctx.store, norms, config, progress=progress)
     log.info("%s", summary.line())

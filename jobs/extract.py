@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Run the stage; returns its counts for run.json."""
-    from vsp.features import FeatureStore
-    from vsp.images import build_manifest
+    from vsp.data.images import build_manifest
+    from vsp.extract.features import FeatureStore
 
     cfg = ctx.config
     records = build_manifest(cfg.images)
@@ -36,7 +36,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             batch_size=cfg.extract.batch_size, progress=progress, connect=ctx.connect,
         )  # fmt: skip
     else:
-        from vsp.extract_stage import run_extraction_local
+        from vsp.extract.stage import run_extraction_local
 
         summary = run_extraction_local(
             ctx.store, records, config, concepts, batch_size=cfg.extract.batch_size, progress=progress

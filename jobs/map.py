@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Run the stage; returns its counts for run.json."""
-    from vsp.embeddings import paper_check
+    from vsp.meta.stage import paper_check
 
     norms = ctx.norms()
     config = ctx.config.mapping_config()
@@ -35,7 +35,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     else:
         import torch
 
-        from vsp.mapping_stage import run_mapping_local
+        from vsp.mapping.stage import run_mapping_local
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         summary = run_mapping_local(ctx.store, norms, config, device=device, check=check, progress=progress)

@@ -24,7 +24,8 @@ def build(store_uri: str, config, norms, decode_config, threads: int | None, pro
     """Build the embeddings and (with norms) their decodability on ``store_uri``; the stage's counts."""
     import torch
 
-    from vsp.embeddings import (
+    from vsp.io.store import open_store
+    from vsp.meta.stage import (
         DECODABILITY_TXT,
         decodability_table,
         paper_check,
@@ -32,7 +33,6 @@ def build(store_uri: str, config, norms, decode_config, threads: int | None, pro
         run_meta_local,
         write_text,
     )
-    from vsp.store import open_store
 
     st = open_store(store_uri)
     summary = run_meta_local(st, config, norms, progress=progress, threads=threads)
@@ -62,7 +62,7 @@ def finished(store, with_decodability: bool) -> bool:
 
     Only a shortcut to skip Ray: the stage still runs (in the driver), checking its manifest and markers.
     """
-    from vsp.embeddings import (
+    from vsp.meta.stage import (
         DECODABILITY,
         DECODE_MANIFEST,
         MANIFEST,

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Run the stage; returns its counts for run.json."""
-    from vsp.report import write_report
+    from vsp.report.build import write_report
 
     cfg = ctx.config
     spec = cfg.report

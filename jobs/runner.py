@@ -1,7 +1,7 @@
 """The driver every job entry point shares: read the configuration, record the run, connect Ray, run stages.
 
 A job's driver is the run's coordinator: it alone writes its attempt's record (``runs/attempt-<id>.json``,
-from which ``run.json`` is derived: ``vsp.runmanifest``), creates the stages' arrays and hands units to Ray
+from which ``run.json`` is derived: ``vsp.runrecord``), creates the stages' arrays and hands units to Ray
 workers. Killing it loses no finished unit: every unit's marker is written after its data, so the next run
 (``vsp run``, ``vsp submit``, ``python -m jobs.pipeline``) skips them. Ray is started (or joined) only by the
 first stage that has work for it, so a rerun with nothing left to do never starts it. The driver waits on
@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs import STAGES
+from vsp.config import STAGE_ORDER, RunConfig, load_from_env, load_run_config
 from vsp.errors import ConfigMismatchError, VspInputError
-from vsp.runconfig import STAGE_ORDER, RunConfig, load_from_env, load_run_config
-from vsp.runmanifest import RunRecord, format_progress, store_progress
-from vsp.store import Store, open_store
+from vsp.io.store import Store, open_store
+from vsp.runrecord import RunRecord, format_progress, store_progress
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,10 @@ class StageContext:
         """Whether this run has connected Ray."""
         return self._connected
 
-    def norms(self):  # -> vsp.norms.Norms
+    def norms(self):  # -> vsp.data.norms.Norms
         """The configured norms, loaded once per run (several stages need them)."""
         if self._norms is None:
-            from vsp.norms import load_cslb
+            from vsp.data.norms import load_cslb
 
             spec = self.config.norms
             if spec is None:

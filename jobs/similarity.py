@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Run the stage; returns its counts for run.json."""
-    from vsp.embeddings import paper_check
-    from vsp.similarity_stage import run_similarity
+    from vsp.meta.stage import paper_check
+    from vsp.similarity.stage import run_similarity
 
     spec = ctx.config.similarity
     benchmarks = spec.benchmarks()

@@ -15,8 +15,10 @@ import yaml
 from typer.testing import CliRunner
 
 from vsp.cli import app
-from vsp.runconfig import RunConfig
-from vsp.runmanifest import (
+from vsp.config import RunConfig
+from vsp.data.synthetic import generate_world
+from vsp.io.store import open_store
+from vsp.runrecord import (
     LEGACY,
     RUN_JSON,
     RUNS,
@@ -26,8 +28,6 @@ from vsp.runmanifest import (
     read_run,
     store_progress,
 )
-from vsp.store import open_store
-from vsp.synthetic import generate_world
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -356,7 +356,7 @@ def test_stores_of_the_old_format_read_and_resume(tmp_path):
     assert json.dumps(store.read_json(LEGACY), sort_keys=True) == json.dumps(
         old_format_doc(tmp_path, 1, "another-host"), sort_keys=True
     )
-    from vsp.features import MANIFEST
+    from vsp.extract.features import MANIFEST
 
     store.write_json(MANIFEST, {"identity": {"layers": []}, "units": [[0, 1]]})  # extract left results
     with pytest.raises(ConfigMismatchError):  # the old record still binds the prefix (identity kept)

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import zarr
 
-from vsp.decode_stage import read_results
-from vsp.features import LAYOUT, MANIFEST, ZARR_PATH, FeatureStore
-from vsp.store import Store, open_store
-from vsp.synthetic import generate_world
+from vsp.data.synthetic import generate_world
+from vsp.decode.stage import read_results
+from vsp.extract.features import LAYOUT, MANIFEST, ZARR_PATH, FeatureStore
+from vsp.io.store import Store, open_store
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
-from vsp.decode_stage import read_results
-from vsp.features import DONE, MANIFEST, FeatureStore
-from vsp.runmanifest import RUN_JSON, RUNS, read_run
-from vsp.store import open_store
-from vsp.synthetic import generate_world
+from vsp.data.synthetic import generate_world
+from vsp.decode.stage import read_results
+from vsp.extract.features import DONE, MANIFEST, FeatureStore
+from vsp.io.store import open_store
+from vsp.runrecord import RUN_JSON, RUNS, read_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
@@ -51,7 +51,7 @@ def write_config(path: Path, world, store: str, stages=("extract",), **extract) 
 def reference(world, tmp_path_factory):
     """An uninterrupted run (extract + decode) in this process, on a local folder."""
     from jobs.runner import run_pipeline
-    from vsp.runconfig import load_run_config
+    from vsp.config import load_run_config
 
     root = tmp_path_factory.mktemp("reference")
     cfg = load_run_config(write_config(root / "run.yaml", world, str(root / "store"), ("extract", "decode")))
@@ -288,7 +288,7 @@ def test_s3_outage_mid_run_retries_or_stops_cleanly(cluster, s3_server, world, r
 def test_other_configuration_on_same_prefix_is_refused(cluster, world, s3_uri, tmp_path):
     """A second run with another configuration is refused before it writes, by run.json and by the stage."""
     from jobs.runner import run_pipeline
-    from vsp.runconfig import load_run_config
+    from vsp.config import load_run_config
 
     store = open_store(s3_uri)
     first = write_config(tmp_path / "a.yaml", world, s3_uri, unit_size=8)

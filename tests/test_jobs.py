@@ -13,10 +13,10 @@ import yaml
 from typer.testing import CliRunner
 
 from vsp.cli import app
-from vsp.runconfig import ENV_VAR, RunConfig, load_run_config
-from vsp.runmanifest import read_run, store_progress
-from vsp.store import open_store
-from vsp.synthetic import generate_world
+from vsp.config import ENV_VAR, RunConfig, load_run_config
+from vsp.data.synthetic import generate_world
+from vsp.io.store import open_store
+from vsp.runrecord import read_run, store_progress
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -44,7 +44,7 @@ def test_registry_names_only_built_stages():
     import importlib
 
     from jobs import STAGES
-    from vsp.runconfig import STAGE_ORDER
+    from vsp.config import STAGE_ORDER
 
     assert list(STAGES) == [s for s in STAGE_ORDER if s in STAGES]  # pipeline order
     for module in STAGES.values():
@@ -89,7 +89,7 @@ def world8(tmp_path_factory):
 
 def write_full_config(path: Path, world, store: str, **sections) -> Path:
     """Every stage (the default), light: random AlexNet, tiny meta-embeddings, kNN + ridge, 1 x 3-fold CV."""
-    from vsp.similarity_stage import world_pairs
+    from vsp.similarity.stage import world_pairs
 
     pairs = world_pairs(world.spec_path, path.parent / "pairs.txt")
     doc = {

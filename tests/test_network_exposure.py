@@ -162,7 +162,7 @@ def test_local_cluster_refuses_jobs_api_calls_without_its_token(auth_cluster, tm
 
     from cluster import jobs_client, local
     from vsp.cli import app
-    from vsp.synthetic import generate_world
+    from vsp.data.synthetic import generate_world
 
     c = auth_cluster
     # the token: a file of the cluster's state dir that only its owner can read
@@ -345,7 +345,7 @@ def expected_files(root: Path) -> set[str]:
 
 def test_vsp_submit_ships_an_allowlist_never_the_secrets_in_the_project(project, tmp_path, monkeypatch):
     from cluster import jobs_client
-    from vsp.runconfig import ENV_VAR, RunConfig
+    from vsp.config import ENV_VAR, RunConfig
 
     cfg = RunConfig.from_dict({"images": "s3://b/images/", "store": "s3://b/runs/r1", "stages": ["extract"]})
     seen = {}

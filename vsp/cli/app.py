@@ -128,21 +128,21 @@ def fail(msg: str, code: int = 2) -> None:
 
 def check_int(option: str, value: int, minimum: int | None = None, maximum: int | None = None) -> int:
     """An integer option within [minimum, maximum]; VspInputError naming the option (exit 2)."""
-    from vsp.runconfig import check_int as check
+    from vsp.config import check_int as check
 
     return check(option, value, minimum, maximum)
 
 
 def check_seed(option: str, value: int, *, weights: bool = False) -> int:
     """A seed: 0 .. 2**32 - 1 (numpy / scikit-learn ``random_state``); 0 .. 2**63 - 1 for random weights."""
-    from vsp.runconfig import SEED_MAX, WEIGHTS_SEED_MAX
+    from vsp.config import SEED_MAX, WEIGHTS_SEED_MAX
 
     return check_int(option, value, 0, WEIGHTS_SEED_MAX if weights else SEED_MAX)
 
 
 def check_number(option: str, value: float, *, positive: bool = False, minimum: float | None = None) -> float:
     """A finite number option (> 0 with ``positive``, >= ``minimum``); VspInputError naming the option."""
-    from vsp.runconfig import check_number as check
+    from vsp.config import check_number as check
 
     return check(option, value, positive=positive, minimum=minimum)
 
@@ -182,7 +182,7 @@ def check_store(uri: str, *, must_exist: bool = False, option: str = "--store") 
     a server that is down, a missing bucket, or missing / wrong / refused credentials fail here, named by
     `vsp.cli.errors`, before any work starts.
     """
-    from vsp.store import open_store
+    from vsp.io.store import open_store
 
     text = os.fspath(uri)
     if _is_local(text):
@@ -194,7 +194,7 @@ def check_store(uri: str, *, must_exist: bool = False, option: str = "--store") 
             )
         return text
     if text.startswith("s3://"):
-        from vsp.store import S3Store
+        from vsp.io.store import S3Store
 
         st = open_store(text)
         if isinstance(st, S3Store):
@@ -204,7 +204,7 @@ def check_store(uri: str, *, must_exist: bool = False, option: str = "--store") 
 
 def open_store_checked(uri: str, *, must_exist: bool = False, read_only: bool = False):
     """`check_store`, then the store; ``read_only`` opens a local store without creating folders in it."""
-    from vsp.store import open_store
+    from vsp.io.store import open_store
 
     check_store(uri, must_exist=must_exist or read_only)
     return open_store(uri, create=False) if read_only else open_store(uri)

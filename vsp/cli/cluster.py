@@ -41,9 +41,9 @@ def run_cmd(
     Example: vsp run run.yaml   |   vsp run run.yaml --address 127.0.0.1:6379 --stages extract
     """
     from jobs.runner import run_pipeline
-    from vsp.runconfig import load_run_config
-    from vsp.runmanifest import format_progress, store_progress
-    from vsp.store import open_store
+    from vsp.config import load_run_config
+    from vsp.io.store import open_store
+    from vsp.runrecord import format_progress, store_progress
 
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
     cfg = load_run_config(config)
@@ -81,7 +81,7 @@ def submit(
     Example: vsp submit --address http://127.0.0.1:8265 run.yaml   then   vsp status raysubmit_...
     """
     from cluster import jobs_client
-    from vsp.runconfig import load_run_config
+    from vsp.config import load_run_config
 
     try:
         cfg = load_run_config(config)
@@ -122,12 +122,12 @@ def status(
     |   vsp status --store runs/r1 --verify
     """
     if store:
-        from vsp.runmanifest import format_progress, store_progress
+        from vsp.runrecord import format_progress, store_progress
 
         opened = open_store_checked(store, read_only=True)  # never creates the folder
         progress = store_progress(opened)
         if verify:
-            from vsp.runmanifest import verify_store
+            from vsp.runrecord import verify_store
 
             progress["verified"] = verify_store(opened)
         typer.echo(json.dumps(progress, indent=1) if as_json else format_progress(progress))

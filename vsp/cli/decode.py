@@ -35,8 +35,8 @@ def decode(
 
     Example: vsp decode --store runs/r1 --norms ../shared/data/cslb/norms.dat --models resnet34
     """
-    from vsp.decode_stage import DecodeConfig
-    from vsp.norms import load_cslb
+    from vsp.data.norms import load_cslb
+    from vsp.decode.stage import DecodeConfig
 
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
     check_int("--folds", folds, 2)
@@ -61,12 +61,12 @@ def decode(
 
 def run_decode(store: str, norms, config, address: str | None = None, no_ray: bool = False):
     """Run the decoding grid with a progress bar, through Ray unless ``no_ray``."""
-    from vsp.store import open_store
+    from vsp.io.store import open_store
 
     progress = Progress("decode", "layer", "fits")
     try:
         if no_ray:
-            from vsp.decode_stage import run_decode_local
+            from vsp.decode.stage import run_decode_local
 
             return run_decode_local(open_store(store), norms, config, progress=progress)
         from cluster.decode import run_decode_ray
@@ -81,7 +81,7 @@ def run_decode(store: str, norms, config, address: str | None = None, no_ray: bo
 
 def print_summary_table(store: str) -> None:
     """Mean F1 x 100 per feature class of each network's best layer and its penultimate layer."""
-    from vsp.decode_stage import summary_table
-    from vsp.store import open_store
+    from vsp.decode.stage import summary_table
+    from vsp.io.store import open_store
 
     typer.echo(summary_table(open_store(store)))

@@ -29,11 +29,11 @@ def demo(
     """
     from vsp.cli.decode import print_summary_table, run_decode
     from vsp.cli.extract import run_extract
-    from vsp.decode_stage import DecodeConfig
-    from vsp.features import ExtractionConfig
-    from vsp.images import build_manifest, validate
-    from vsp.norms import load_cslb, summary
-    from vsp.synthetic import generate_world
+    from vsp.data.images import build_manifest, validate
+    from vsp.data.norms import load_cslb, summary
+    from vsp.data.synthetic import generate_world
+    from vsp.decode.stage import DecodeConfig
+    from vsp.extract.features import ExtractionConfig
 
     check_int("--concepts", concepts, 2)
     check_int("--images-per-concept", images_per_concept, 1)
@@ -64,7 +64,7 @@ def demo(
     from vsp.cli.mapping import run_demo_steps
 
     run_demo_steps(out, store, world, nm, config.models, seed, no_ray)
-    from vsp.report import write_report
+    from vsp.report.build import write_report
 
     report = write_report(store, out / "report.html", norms=nm)
     typer.echo(f"[report] {report.line()}")

@@ -73,8 +73,8 @@ def explain(
     Example: vsp explain car.jpg --store runs/r1 --norms ../shared/data/cslb/norms.dat --model resnet34
     --layers 3,15,27,35 --top 10 --out car_explain.png
     """
-    from vsp.explain import TRAIN_ON, explain_images, figure_bytes, save_example
-    from vsp.norms import load_cslb
+    from vsp.data.norms import load_cslb
+    from vsp.report.explain import TRAIN_ON, explain_images, figure_bytes, save_example
 
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
     check_int("--top", top, 1)

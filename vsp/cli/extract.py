@@ -74,8 +74,8 @@ def extract(
 
     Post-BatchNorm, post-ReLU values: vsp extract --images photos/ --store runs/r2 --activation relu
     """
-    from vsp.features import ExtractionConfig
-    from vsp.images import build_manifest
+    from vsp.data.images import build_manifest
+    from vsp.extract.features import ExtractionConfig
 
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
     check_int("--batch-size", batch_size, 1)
@@ -94,7 +94,7 @@ def extract(
     records = build_manifest(images, follow_links=follow_links)
     concepts = None
     if norms:
-        from vsp.norms import load_cslb
+        from vsp.data.norms import load_cslb
 
         concepts = load_cslb(norms).concepts
     summary = run_extract(store, records, config, concepts, batch_size, address, no_ray)
@@ -111,12 +111,12 @@ def run_extract(
     no_ray: bool = False,
 ):
     """Run extraction with a progress bar, through Ray unless ``no_ray`` (shared by `extract` and `demo`)."""
-    from vsp.store import open_store
+    from vsp.io.store import open_store
 
     progress = Progress("extract", "unit", "images")
     try:
         if no_ray:
-            from vsp.extract_stage import run_extraction_local
+            from vsp.extract.stage import run_extraction_local
 
             return run_extraction_local(
                 open_store(store), records, config, concepts, batch_size=batch_size, progress=progress

@@ -33,13 +33,13 @@ def images_validate(
 
     Example: vsp images validate --images photos/ --norms ../shared/data/cslb/norms.dat
     """
-    from vsp.images import build_manifest, validate
+    from vsp.data.images import build_manifest, validate
 
     # errors (bad input 2, storage 4) become one line in vsp.cli.app
     manifest = build_manifest(images, follow_links=follow_links)
     concepts = None
     if norms:
-        from vsp.norms import load_cslb
+        from vsp.data.norms import load_cslb
 
         concepts = load_cslb(norms).concepts
     report = validate(manifest, concepts)

@@ -77,8 +77,8 @@ def map_(
 
       vsp map --store runs/glove --norms ../shared/data/cslb/norms.dat --mappers knn,ridge --repeats 1
     """
-    from vsp.mapping_stage import MappingConfig
-    from vsp.norms import load_cslb
+    from vsp.data.norms import load_cslb
+    from vsp.mapping.stage import MappingConfig
 
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
     check_int("--repeats", repeats, 1)
@@ -125,9 +125,9 @@ def map_(
 
 def run_map(store: str, norms, config, address: str | None = None, no_ray: bool = False) -> list[str]:
     """Run the mapping grid with a progress bar, through Ray unless ``no_ray``; the lines to print."""
-    from vsp.embeddings import paper_check
-    from vsp.mapping_stage import TABLE2_TXT
-    from vsp.store import open_store
+    from vsp.io.store import open_store
+    from vsp.mapping.stage import TABLE2_TXT
+    from vsp.meta.stage import paper_check
 
     st = open_store(store)
     check = paper_check(st, norms)
@@ -136,7 +136,7 @@ def run_map(store: str, norms, config, address: str | None = None, no_ray: bool 
         if no_ray:
             import torch
 
-            from vsp.mapping_stage import run_mapping_local
+            from vsp.mapping.stage import run_mapping_local
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
             summary = run_mapping_local(st, norms, config, device=device, check=check, progress=progress)
@@ -163,10 +163,10 @@ def run_demo_steps(out, store: str, world, norms, models, seed: int = 0, no_ray:
     """
     from vsp.cli.meta import run_meta
     from vsp.cli.similarity import run_sim
-    from vsp.decode_stage import DecodeConfig
-    from vsp.embeddings import MetaConfig
-    from vsp.mapping_stage import MappingConfig
-    from vsp.similarity_stage import default_benchmarks, world_pairs
+    from vsp.decode.stage import DecodeConfig
+    from vsp.mapping.stage import MappingConfig
+    from vsp.meta.stage import MetaConfig
+    from vsp.similarity.stage import default_benchmarks, world_pairs
 
     typer.echo(f"[meta] text vectors: {world.text_vectors_path} (synthetic, 50-d; not GloVe)")
     cfg = MetaConfig(text=str(world.text_vectors_path), seed=seed)

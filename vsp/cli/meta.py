@@ -66,9 +66,9 @@ def meta(
 
       vsp meta --store runs/glove --text glove --norms ../shared/data/cslb/norms.dat   # text-only store
     """
-    from vsp.decode_stage import DecodeConfig
-    from vsp.embeddings import MetaConfig
-    from vsp.norms import load_cslb
+    from vsp.data.norms import load_cslb
+    from vsp.decode.stage import DecodeConfig
+    from vsp.meta.stage import MetaConfig
 
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
     check_int("--dim", dim, 1)
@@ -103,7 +103,8 @@ def run_meta(store: str, config, norms=None, decode_config=None, threads: int | 
     """Build the embeddings and (with norms) their decodability; the lines to print."""
     import torch
 
-    from vsp.embeddings import (
+    from vsp.io.store import open_store
+    from vsp.meta.stage import (
         DECODABILITY_TXT,
         decodability_table,
         describe,
@@ -112,7 +113,6 @@ def run_meta(store: str, config, norms=None, decode_config=None, threads: int | 
         run_meta_local,
         write_text,
     )
-    from vsp.store import open_store
 
     st = open_store(store)
     progress = Progress("meta", "embedding", "embeddings")

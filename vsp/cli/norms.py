@@ -42,8 +42,8 @@ def norms(
 
     Example: vsp norms --norms ../shared/data/cslb/norms.dat --json
     """
+    from vsp.data.norms import load_cslb, load_mcrae, summary
     from vsp.errors import VspInputError
-    from vsp.norms import load_cslb, load_mcrae, summary
 
     # errors (bad input 2, storage 4) become one line in vsp.cli.app
     check_number("--min-pf", min_pf, minimum=0)

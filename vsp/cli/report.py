@@ -40,7 +40,7 @@ def report(
 
     Example: vsp report --store runs/r1 --out runs/r1-report.html --norms ../shared/data/cslb/norms.dat
     """
-    from vsp.report import write_report
+    from vsp.report.build import write_report
 
     # errors (bad input 2, storage 4) become one line in vsp.cli.app
     check_number("--min-pf", min_pf, minimum=0)

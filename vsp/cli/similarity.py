@@ -44,7 +44,7 @@ def similarity(
 
       vsp similarity --store demo-run/store --pairs demo=demo-run/world/pairs.txt
     """
-    from vsp.norms import load_cslb
+    from vsp.data.norms import load_cslb
 
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
     benches: dict[str, str] = {}
@@ -56,7 +56,7 @@ def similarity(
         name, _, path = p.partition("=") if "=" in p else (Path(p).stem, "", p)
         benches[name] = path
     if not benches:
-        from vsp.similarity_stage import default_benchmarks
+        from vsp.similarity.stage import default_benchmarks
 
         benches = {k: str(v) for k, v in default_benchmarks().items()}
         if not benches:
@@ -69,9 +69,9 @@ def similarity(
 
 def run_sim(store: str, benchmarks: dict, norms=None, patterns: list[str] | None = None) -> list[str]:
     """Score every embedding on the benchmarks; the lines to print."""
-    from vsp.embeddings import paper_check
-    from vsp.similarity_stage import TABLE3_TXT, run_similarity
-    from vsp.store import open_store
+    from vsp.io.store import open_store
+    from vsp.meta.stage import paper_check
+    from vsp.similarity.stage import TABLE3_TXT, run_similarity
 
     st = open_store(store)
     summary = run_similarity(st, benchmarks, paper_check(st, norms), patterns)

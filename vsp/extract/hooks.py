@@ -1,0 +1,334 @@
+"""One forward pass per network per batch, every tapped layer pooled inside its hook.
+
+:class:`MultiNetExtractor` loads each network once and registers one forward hook per tapped module (a forward
+pre-hook on the last ``nn.Linear`` for the penultimate tap). The hook reduces the module's output to one value
+per channel *inside the hook, on the device* (global max pool by default, ``pooling="mean"`` for the spatial
+mean) and keeps only that ``(B, C)`` vector, so a full feature map lives no longer than the forward pass
+itself needs it; one forward pass gives every layer.
+
+Activation point (``activation``)
+---------------------------------
+``"conv"`` (the default): a conv tap is the output of the ``nn.Conv2d`` module itself, i.e.
+**pre-activation** (before the BatchNorm that follows each conv in ResNet/DenseNet, before the ReLU of
+AlexNet/VGG). AlexNet and VGG follow each conv with ``ReLU(inplace=True)``: a hook that only kept a reference
+to the conv output would later see post-ReLU values (the ReLU overwrites the same storage after the hook
+returns). Pooling immediately in the hook avoids that, so the stored value is unambiguously the
+pre-activation pooled value.
+
+``"bn"``: the output of the BatchNorm that follows the tap (for a DenseNet dense layer or transition, the
+tap's channel slice of the first consumer's BatchNorm); the hook goes on that BatchNorm and pools its output
+(or the slice) before any in-place ReLU runs. AlexNet/VGG have no BatchNorm: there ``bn`` is the conv output
+(the same numbers as ``conv``), logged and recorded per tap as activation ``"conv"``. ``"relu"``: that value
+through a ReLU, computed in the hook (never read from the network's shared ReLU modules): ReLU is monotone, so
+``max(relu(x)) == clamp(max(x), min=0)`` and max pooling just clamps the pooled vector; for mean pooling the
+map is clamped first, ``mean(relu(x))`` (one transient copy of that one map). The exact definition per
+network and tap is in :mod:`vsp.extract.networks` (:func:`vsp.extract.networks.activation_taps`). The penultimate tap is never
+changed: it is already the input of the classifier.
+
+DenseNet "paper" taps (see :mod:`vsp.extract.networks`): a dense layer's output is its 32 new (growth-rate) channels,
+the output of its 3x3 conv; a transition's output is after its average pool.
+
+GPU options: ``dtype=torch.bfloat16`` (or ``float16``) runs the forward pass under ``torch.autocast`` (weights
+stay float32; pooled values are returned as float32, means accumulated in float32); ``channels_last=True``
+converts models and inputs to the channels-last memory format. Everything runs under ``torch.inference_mode``.
+
+Aggregation per concept (:func:`concept_vector`): the mean of the per-image pooled vectors, then L2
+normalised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from vsp.errors import VspInputError
+from vsp.extract.networks import (
+    ACTIVATIONS,
+    DEFAULT_LAYERS,
+    PENULTIMATE,
+    Tap,
+    activation_taps,
+    load_model,
+    penultimate_tap,
+    select_layers,
+)
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("max", "mean")
+_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype)]
+    except KeyError:
+        raise VspInputError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}") from None
+
+
+def _per_model(value, names: Sequence[str], what: str) -> dict:
+    if isinstance(value, Mapping):
+        missing = [n for n in names if n not in value]
+        if missing:
+            raise VspInputError(f"{what} given per model but missing for: {', '.join(missing)}")
+        return {n: value[n] for n in names}
+    return dict.fromkeys(names, value)
+
+
+def pool(x: torch.Tensor, pooling: str = "max", relu: bool = False) -> torch.Tensor:
+    """Reduce ``(B, C, *spatial)`` to ``(B, C)`` float32 by global max or mean; ``(B, C)`` passes through."""
+    if x.ndim > 2:
+        dims = tuple(range(2, x.ndim))
+        if pooling == "max":
+            v = x.amax(dim=dims)
+            return (v.clamp(min=0) if relu else v).float()
+        return (x.clamp(min=0) if relu else x).mean(dim=dims, dtype=torch.float32)
+    v = x.flatten(1) if x.ndim != 2 else x
+    return (v.clamp(min=0) if relu else v).float()
+
+
+def _log_fallback(model: str, activation: str, taps: list[Tap]) -> None:
+    """Say which taps no BatchNorm follows (their ``bn`` is the tap's own output)."""
+    plain = [t.name for t in taps if t.kind != "penultimate" and not t.bn]
+    if plain:
+        shown = ", ".join(plain[:4]) + (f" and {len(plain) - 4} more" if len(plain) > 4 else "")
+        what = "the tap's own output" if activation == "bn" else "relu of the tap's own output"
+        log.warning(
+            "%s: no BatchNorm follows %d of its taps (%s): activation %r there is %s (recorded as %r)",
+            model, len(plain), shown, activation, what, "conv" if activation == "bn" else "relu",
+        )  # fmt: skip
+
+
+class MultiNetExtractor:
+    """Load every network once; one forward pass per network per batch yields every tapped layer, pooled.
+
+    ``models``: names (a list or a comma-separated string). ``layers``, ``weights``: one value for all models
+    or a mapping model -> value (see :func:`vsp.extract.networks.select_layers` and :func:`vsp.extract.networks.load_model`).
+    ``pooling``: ``"max"`` (default) or ``"mean"``. ``activation``: ``"conv"`` (default), ``"bn"`` or
+    ``"relu"``, the value each layer tap pools (module docstring); every tap records the point it got
+    (``Tap.activation``).
+    ``penultimate``: also tap the classifier input (last in each model's tap list).
+
+    Attributes: ``models`` (name -> module), ``taps`` (name -> list of :class:`Tap`, penultimate last),
+    ``weights_identity`` (name -> identity string).
+    """
+
+    def __init__(
+        self,
+        models: str | Sequence[str],
+        layers: str | list[str] | Mapping[str, str | list[str]] = DEFAULT_LAYERS,
+        weights: str | Mapping[str, str] = "random",
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        pooling: str = "max",
+        dtype: torch.dtype | str = torch.float32,
+        *,
+        activation: str = "conv",
+        channels_last: bool = False,
+        penultimate: bool = True,
+    ) -> None:
+        names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
+        names = [n for n in names if n]
+        if not names:
+            raise VspInputError("no models given to extract from")
+        if len(set(names)) != len(names):
+            raise VspInputError(f"duplicate model names in {names}")
+        if pooling not in POOLINGS:
+            raise VspInputError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+        if activation not in ACTIVATIONS:
+            raise VspInputError(f"unknown activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
+        self.pooling = pooling
+        self.activation = activation
+        self.dtype = _as_dtype(dtype)
+        self.device = torch.device(device)
+        self.channels_last = bool(channels_last)
+        self.seed = seed
+        layer_sel = (
+            _per_model(layers, names, "layers")
+            if isinstance(layers, Mapping)
+            else dict.fromkeys(names, layers)
+        )
+        weight_sel = _per_model(weights, names, "weights")
+
+        self.models: dict[str, nn.Module] = {}
+        self.taps: dict[str, list[Tap]] = {}
+        self.weights_identity: dict[str, str] = {}
+        self._results: dict[str, dict[str, torch.Tensor]] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._channels: dict[str, dict[str, int]] | None = None
+
+        for name in names:
+            model, identity = load_model(name, str(weight_sel[name]), seed=seed)
+            taps = select_layers(model, name, layer_sel[name])
+            if penultimate:
+                taps = [t for t in taps if t.name != PENULTIMATE]
+                taps.append(penultimate_tap(model, name, index=len(taps)))
+            taps = activation_taps(model, name, taps, activation)
+            if activation != "conv":
+                _log_fallback(name, activation, taps)
+            model = model.to(self.device)
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            self.models[name] = model
+            self.taps[name] = taps
+            self.weights_identity[name] = identity
+            self._results[name] = {}
+            self._register(name, model, taps)
+            log.info("%s: %d taps (%s weights) on %s", name, len(taps), identity, self.device)
+
+    # hooks -------------------------------------------------------------------------------------------------
+    def _register(self, name: str, model: nn.Module, taps: list[Tap]) -> None:
+        modules = dict(model.named_modules())
+        results = self._results[name]
+        pooling = self.pooling
+        for tap in taps:
+            module = modules[tap.module_name]
+            if tap.kind == "penultimate":
+
+                def pre_hook(_mod, args, _key=tap.name):
+                    results[_key] = args[0].flatten(1).float()  # the classifier input, (B, D)
+
+                self._handles.append(module.register_forward_pre_hook(pre_hook))
+            else:
+
+                def hook(
+                    _mod, _args, output, _key=tap.name, _model=name, _ch=tap.channels,
+                    _relu=tap.activation == "relu",
+                ):  # fmt: skip
+                    if not isinstance(output, torch.Tensor):
+                        raise VspInputError(
+                            f"layer {_key!r} of model {_model!r} outputs {type(output).__name__}, "
+                            "not a tensor; tap a module whose output is a (B, C, H, W) feature map"
+                        )
+                    if _ch is not None:  # a DenseNet tap: its channels of the consumer's BatchNorm
+                        output = output[:, _ch[0] : _ch[1]]
+                    results[_key] = pool(output, pooling, _relu)
+
+                self._handles.append(module.register_forward_hook(hook))
+
+    def close(self) -> None:
+        """Remove every hook (the models stay usable without them)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> MultiNetExtractor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # forward -----------------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def forward_tensors(self, batch: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """Like :meth:`__call__` but returns the pooled ``(B, C)`` float32 tensors on the device."""
+        if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or batch.shape[1] != 3:
+            shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise VspInputError(f"expected an image batch of shape (B, 3, H, W), got {shape}")
+        x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        with torch.inference_mode(), self._autocast():
+            for name, model in self.models.items():
+                results = self._results[name]
+                results.clear()
+                model(x)
+                missing = [t.name for t in self.taps[name] if t.name not in results]
+                if missing:
+                    raise RuntimeError(f"model {name!r}: the forward pass never reached taps {missing[:5]}")
+                out[name] = {t.name: results[t.name] for t in self.taps[name]}
+                results.clear()
+        return out
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, dict[str, np.ndarray]]:
+        """Pooled features of one batch: model -> tap name -> ``(B, C)`` float32 array."""
+        pooled = self.forward_tensors(batch)
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for name, per_tap in pooled.items():
+            keys = list(per_tap)
+            widths = [per_tap[k].shape[1] for k in keys]
+            flat = torch.cat([per_tap[k] for k in keys], dim=1).cpu().numpy()  # one device->host copy
+            parts = np.split(flat, np.cumsum(widths)[:-1], axis=1)
+            out[name] = {k: np.ascontiguousarray(p) for k, p in zip(keys, parts, strict=True)}
+        return out
+
+    def channels(self, size: int = 224) -> dict[str, dict[str, int]]:
+        """Channels per model and tap, from one dry forward pass of a zero image of ``size`` px (cached)."""
+        if self._channels is None:
+            pooled = self.forward_tensors(torch.zeros(1, 3, size, size))
+            self._channels = {m: {k: int(v.shape[1]) for k, v in t.items()} for m, t in pooled.items()}
+        return self._channels
+
+
+def extract_images(
+    extractor: MultiNetExtractor,
+    tensors: torch.Tensor | Iterable[torch.Tensor],
+    batch_size: int = 32,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Run ``tensors`` ((N, 3, H, W) or an iterable of (3, H, W)) through ``extractor`` in batches.
+
+    Returns model -> tap name -> ``(N, C)`` float32, the per-image pooled vectors in input order.
+    """
+    if batch_size < 1:
+        raise VspInputError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(tensors, torch.Tensor):
+        batches: Iterable[torch.Tensor] = (
+            tensors[i : i + batch_size] for i in range(0, len(tensors), batch_size)
+        )
+    else:
+
+        def _chunks():
+            buf: list[torch.Tensor] = []
+            for t in tensors:
+                buf.append(t)
+                if len(buf) == batch_size:
+                    yield torch.stack(buf)
+                    buf = []
+            if buf:
+                yield torch.stack(buf)
+
+        batches = _chunks()
+    parts: dict[str, dict[str, list[np.ndarray]]] = {}
+    for batch in batches:
+        for model, per_tap in extractor(batch).items():
+            for tap, arr in per_tap.items():
+                parts.setdefault(model, {}).setdefault(tap, []).append(arr)
+    if not parts:
+        raise VspInputError("no images to extract")
+    return {m: {t: np.concatenate(a, axis=0) for t, a in per.items()} for m, per in parts.items()}
+
+
+def concept_vector(per_image: np.ndarray) -> np.ndarray:
+    """Mean over images (rows), then L2-normalise; float32 ``(C,)``.
+
+    Rows that are entirely NaN (padding in the per-image arrays) are ignored. A zero mean vector stays zero
+    instead of dividing by zero.
+    """
+    a = np.asarray(per_image, dtype=np.float64)
+    if a.ndim != 2:
+        raise VspInputError(f"per-image features must be (n_images, channels), got shape {a.shape}")
+    a = a[~np.all(np.isnan(a), axis=1)]
+    if len(a) == 0:
+        raise VspInputError("no images for this concept: cannot form a concept vector")
+    mean = a.mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    if not np.isfinite(norm):
+        raise VspInputError("per-image features contain NaN/inf values")
+    return (mean / norm if norm > 0 else mean).astype(np.float32)

@@ -1,0 +1,255 @@
+"""The extraction stage without Ray: plan units, decode a unit's images, compute and write it, run locally.
+
+The Ray layer (``cluster/extract.py``) calls exactly these functions from its decode tasks and extraction
+actors; running them in a loop here gives the same arrays bit for bit, which is what the tests compare.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vsp.data.images import ImageRecord, decode_batch
+from vsp.errors import VspInputError
+from vsp.extract.features import (
+    ExtractionConfig,
+    FeaturePlan,
+    FeatureStore,
+    LayerInfo,
+    UnitResult,
+    assemble_unit,
+)
+from vsp.extract.hooks import MultiNetExtractor
+from vsp.io.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def make_extractor(config: ExtractionConfig, device: str = "cpu", **kwargs) -> MultiNetExtractor:
+    """Build the networks a run's configuration names (loaded once per process/actor)."""
+    layers = config.layers if isinstance(config.layers, str) else list(config.layers)
+    return MultiNetExtractor(
+        list(config.models),
+        layers=layers,
+        weights=config.weights,
+        seed=config.seed,
+        device=device,
+        pooling=config.pooling,
+        activation=config.activation,
+        **kwargs,
+    )
+
+
+def layer_infos(extractor: MultiNetExtractor) -> list[LayerInfo]:
+    """Every tapped layer of every network with its width (from one dry forward pass)."""
+    ch = extractor.channels()
+    return [
+        LayerInfo(
+            model=m,
+            name=t.name,
+            index=t.index,
+            kind=t.kind,
+            channels=ch[m][t.name],
+            activation=t.activation,
+            bn=t.bn_point,
+        )
+        for m, taps in extractor.taps.items()
+        for t in taps
+    ]
+
+
+def unusable_concepts(images: dict[str, list[str]], max_workers: int = 4) -> dict[str, list[str]]:
+    """Concepts none of whose images can be read, each with the reasons (checked before anything is created).
+
+    A concept is tried image by image until one decodes, so a healthy image set costs about one decode per
+    concept. Such concepts are dropped from the run with a warning and recorded in the features manifest.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vsp.data.images import load_image, max_image_pixels
+
+    cap = max_image_pixels()  # read once: a bad VSP_MAX_IMAGE_PIXELS is an error, not a reason per image
+
+    def first_readable(concept: str) -> tuple[str, list[str] | None]:
+        reasons = []
+        for uri in images[concept]:
+            try:
+                load_image(uri, max_pixels=cap)
+                return concept, None
+            except FileNotFoundError:
+                reasons.append(f"{uri}: file not found")
+            except (VspInputError, OSError, ValueError) as e:
+                reasons.append(f"{uri}: {e}" if uri not in str(e) else str(e))
+        return concept, reasons
+
+    names = sorted(images)
+    with ThreadPoolExecutor(max(1, min(max_workers, len(names)))) as pool:
+        checked = list(pool.map(first_readable, names))
+    return {c: r for c, r in checked if r is not None}
+
+
+def plan_extraction(
+    records: Sequence[ImageRecord],
+    config: ExtractionConfig,
+    extractor: MultiNetExtractor,
+    concepts: Sequence[str] | None = None,
+    store: Store | None = None,
+) -> FeaturePlan:
+    """Group the manifest by concept (optionally restricted to ``concepts``) and cut it into units.
+
+    Concepts without a single readable image are dropped (named in a warning and in the manifest's
+    ``dropped_concepts``). With ``store``, a run already recorded there keeps the drops it recorded, so a
+    resumed run plans exactly the same units without reading the images again.
+    """
+    images: dict[str, list[str]] = {}
+    for r in records:
+        images.setdefault(r.concept, []).append(r.uri)
+    if concepts is not None:
+        keep = set(concepts)
+        images = {c: u for c, u in images.items() if c in keep}
+    images = {c: sorted(u) for c, u in images.items()}
+    existing = FeatureStore(store).manifest() if store is not None else None
+    if existing is not None and "dropped_concepts" in existing:
+        dropped = {c: list(r) for c, r in existing["dropped_concepts"].items() if c in images}
+    else:
+        dropped = unusable_concepts(images)
+    if dropped:
+        log.warning(
+            "%d concepts have no readable image and are left out: %s",
+            len(dropped),
+            "; ".join(f"{c} ({r[0]}{'...' if len(r) > 1 else ''})" for c, r in list(dropped.items())[:10]),
+        )
+    names = sorted(c for c in images if c not in dropped)
+    if not names and dropped:
+        raise VspInputError(f"no concept has a readable image ({len(dropped)} concepts checked)")
+    return FeaturePlan(
+        config=config,
+        concepts=names,
+        images={c: images[c] for c in names},
+        layers=layer_infos(extractor),
+        weights_identity=dict(extractor.weights_identity),
+        dropped=dropped,
+    )
+
+
+@dataclass
+class DecodedUnit:
+    """A unit's images, decoded and preprocessed on a CPU worker, ready for the networks."""
+
+    unit: int
+    tensor: torch.Tensor  # (n_ok, 3, 224, 224)
+    concept_of_image: np.ndarray  # unit-local concept index per decoded image
+    skipped: list[dict[str, str]]
+
+
+def decode_unit(plan: FeaturePlan, unit: int, max_workers: int = 1) -> DecodedUnit:
+    """Decode every image of one unit; unreadable files are skipped and recorded (never silently)."""
+    start, stop = plan.units[unit]
+    recs: list[ImageRecord] = []
+    owner: list[int] = []
+    for j, concept in enumerate(plan.concepts[start:stop]):
+        for uri in plan.images[concept]:
+            recs.append(ImageRecord(concept, uri))
+            owner.append(j)
+    batch = decode_batch(recs, max_workers=max_workers)
+    skipped = [{"uri": recs[i].uri, "reason": msg} for i, msg in batch.errors]
+    return DecodedUnit(unit, batch.tensor, np.asarray(owner)[batch.ok], skipped)
+
+
+def compute_unit(
+    extractor: MultiNetExtractor, plan: FeaturePlan, decoded: DecodedUnit, batch_size: int = 32
+) -> UnitResult:
+    """Run the unit's images through every network in batches and pool them into concept rows."""
+    start, stop = plan.units[decoded.unit]
+    per_image: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(decoded.tensor), batch_size):
+        for model, taps in extractor(decoded.tensor[i : i + batch_size]).items():
+            for tap, arr in taps.items():
+                per_image.setdefault(f"{model}/{tap}", []).append(arr)
+    if not per_image:
+        names = ", ".join(plan.concepts[start:stop])
+        raise VspInputError(f"unit {decoded.unit} ({names}): no readable image; skipped: {decoded.skipped}")
+    stacked = {k: np.concatenate(v, axis=0) for k, v in per_image.items()}
+    return assemble_unit(
+        decoded.unit,
+        plan.layers,
+        stacked,
+        decoded.concept_of_image,
+        stop - start,
+        plan.max_images,
+        decoded.skipped,
+    )
+
+
+@dataclass
+class ExtractionSummary:
+    """The closing line of the stage: what was done now, what was already there, how fast."""
+
+    store: str
+    units_total: int
+    units_run: int
+    images: int
+    seconds: float
+    skipped_images: int
+    dropped_concepts: list[str] = field(default_factory=list)  # no readable image: left out of the run
+
+    @property
+    def units_skipped(self) -> int:
+        """Units that were already done before this run."""
+        return self.units_total - self.units_run
+
+    def line(self) -> str:
+        """One line for the terminal and the job log."""
+        rate = self.images / self.seconds if self.seconds > 0 else 0.0
+        if self.units_run == 0:
+            return f"extract: nothing to do, all {self.units_total} units already done in {self.store}"
+        return (
+            f"extract: {self.units_run} units ({self.images} images, {rate:.1f} images/s) written to "
+            f"{self.store}; {self.units_skipped} already done; "
+            f"{self.skipped_images} unreadable images skipped"
+            + (
+                f"; {len(self.dropped_concepts)} concepts without a readable image left out"
+                if self.dropped_concepts
+                else ""
+            )
+        )
+
+
+def run_extraction_local(
+    store: Store,
+    records: Sequence[ImageRecord],
+    config: ExtractionConfig,
+    concepts: Sequence[str] | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExtractionSummary:
+    """Extract in this process (no Ray): the notebook path and the reference the Ray path must equal."""
+    t0 = time.perf_counter()
+    extractor = make_extractor(config, device=device)
+    plan = plan_extraction(records, config, extractor, concepts, store=store)
+    fs = FeatureStore(store)
+    fs.create(plan)
+    pending = fs.pending_units(plan)
+    n_img = n_skip = 0
+    for k, unit in enumerate(pending):
+        decoded = decode_unit(plan, unit)
+        fs.write_unit(plan, compute_unit(extractor, plan, decoded, batch_size))
+        n_img += len(decoded.tensor)
+        n_skip += len(decoded.skipped)
+        if progress:
+            progress(k + 1, len(pending))
+    return ExtractionSummary(
+        store.uri,
+        len(plan.units),
+        len(pending),
+        n_img,
+        time.perf_counter() - t0,
+        n_skip,
+        sorted(plan.dropped),
+    )
