@@ -1,7 +1,8 @@
 """Ray fan-out of the decoding grid: one task per few layers, the labels put in the object store once.
 
 A task never fits a single probe: it decodes whole layers (all properties x folds at once, batched in
-``vsp.decode.probe``), writes each layer's Parquet and then its marker, so a retried task only redoes its layers.
+``vsp.decode.probe``), writes each layer's Parquet and then its marker, so a retried task only redoes its
+layers.
 """
 
 from __future__ import annotations
@@ -12,9 +13,17 @@ from typing import Any
 
 import ray
 
-from cluster.waiting import wait_any
+from cluster.executor import gather, worker_device
 from vsp.data.norms import Norms
-from vsp.decode.stage import DecodeConfig, DecodeSummary, decode_unit, finish, open_run, pending, prepare
+from vsp.decode.stage import (
+    DecodeConfig,
+    DecodeSummary,
+    finish,
+    open_run,
+    pending,
+    prepare,
+    probe_layer_unit,
+)
 from vsp.extract.features import FeatureStore
 from vsp.io.store import open_store
 
@@ -22,12 +31,9 @@ from vsp.io.store import open_store
 @ray.remote(num_cpus=1, max_retries=3, retry_exceptions=True)
 def decode_layers_task(store_uri: str, task, layers) -> int:
     """Decode a few layers on this worker (GPU when the task was given one)."""
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    device = worker_device()
     store = open_store(store_uri)
-    return sum(decode_unit(store, task, layer, device) for layer in layers)
+    return sum(probe_layer_unit(store, task, layer, device) for layer in layers)
 
 
 def run_decode_ray(
@@ -56,13 +62,7 @@ def run_decode_ray(
         opts = {"num_gpus": 1} if gpus else {}
         groups = [todo[i : i + layers_per_task] for i in range(0, len(todo), layers_per_task)]
         refs = {decode_layers_task.options(**opts).remote(store.uri, task_ref, g): len(g) for g in groups}
-        done = fits = 0
-        while refs:
-            ref = wait_any(refs)  # in short slices: SIGTERM (`ray job stop`) is handled while we wait
-            done += refs.pop(ref)
-            fits += ray.get(ref)
-            if progress:
-                progress(done, len(todo), fits)
+        fits = gather(refs, len(todo), progress)
     else:
         fits = 0
     outputs = finish(store, layers)

@@ -32,11 +32,12 @@ from vsp.extract.features import ExtractionConfig, FeaturePlan, FeatureStore
 from vsp.extract.stage import (
     ExtractionSummary,
     compute_unit,
-    decode_unit,
+    decode_unit_images,
     make_extractor,
     plan_extraction,
 )
 from vsp.io.store import open_store
+from vsp.stage import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 @ray.remote(num_cpus=1, max_retries=3)
 def decode_task(plan: FeaturePlan, unit: int):
     """CPU worker: decode and preprocess one unit's images."""
-    return decode_unit(plan, unit)
+    return decode_unit_images(plan, unit)
 
 
 @ray.remote(max_restarts=-1, max_task_retries=3)
@@ -56,7 +57,7 @@ class ExtractionActor:
     ) -> None:
         import torch
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = pick_device()
         if self.device == "cpu" and threads:
             torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
         self.extractor = make_extractor(config, device=self.device)
@@ -81,7 +82,7 @@ class ExtractionActor:
     @ray.method(retry_exceptions=True)
     def decode_and_process(self, plan: FeaturePlan, unit: int) -> dict:
         """Decode the unit's images here, then compute and write it (clusters without a spare CPU)."""
-        return self.process(plan, decode_unit(plan, unit))
+        return self.process(plan, decode_unit_images(plan, unit))
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import auth
+from vsp.io.bookkeeping import now
 
 HOST = "127.0.0.1"
 DEFAULT_DIR = Path(os.environ.get("VSP_LOCAL_DIR", Path.home() / ".cache" / "vsp-local"))
@@ -461,7 +462,7 @@ def start(
     temp_root = Path("/tmp") / f"vsp-ray-{hashlib.sha1(str(root).encode()).hexdigest()[:10]}"
     shutil.rmtree(temp_root, ignore_errors=True)
     state = LocalCluster(dir=str(root), temp_root=str(temp_root), worker_cpus=worker_cpus,
-                         started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
+                         started=now())  # fmt: skip
     try:
         if s3:
             pid, endpoint, marker = _start_s3(root, s3_port, bucket, timeout)

@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from cluster.waiting import wait_any
+from cluster.executor import gather, worker_device
 from vsp.data.norms import Norms
 from vsp.io.store import open_store
 from vsp.mapping.stage import (
@@ -35,7 +35,6 @@ from vsp.mapping.stage import (
     prepare,
     run_unit,
 )
-from vsp.meta.stage import PaperCheck
 
 
 @ray.remote(num_cpus=1, max_retries=3)
@@ -43,11 +42,7 @@ def mapping_units_task(
     store_uri: str, config: MappingConfig, data: MappingData, units: Sequence[Unit]
 ) -> int:
     """Run a few units of one embedding on this worker; returns the number of folds run."""
-    import torch
-
-    cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
-    torch.set_num_threads(max(1, cpus))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = worker_device()
     store = open_store(store_uri)
     return sum(run_unit(store, data, config, u, device=device) for u in units)
 
@@ -69,7 +64,6 @@ def run_mapping_ray(
     store_uri: str,
     norms: Norms,
     config: MappingConfig,
-    check: PaperCheck | None = None,
     gpus_per_mlp_task: float = 0.25,
     progress: Callable[[int, int, int], None] | None = None,
     connect: Callable[[], Any] | None = None,
@@ -98,12 +92,6 @@ def run_mapping_ray(
                 store.uri, config, refs_by_name[group[0].embedding], group
             )
             refs[ref] = len(group)
-        done = 0
-        while refs:
-            ref = wait_any(refs)  # in short slices: SIGTERM (`ray job stop`) is handled while we wait
-            done += refs.pop(ref)
-            folds += ray.get(ref)
-            if progress:
-                progress(done, len(todo), folds)
-    outputs = finish(store, check)
+        folds = gather(refs, len(todo), progress)
+    outputs = finish(store)
     return MappingSummary(store.uri, len(units), len(todo), folds, time.perf_counter() - t0, outputs)

@@ -3,8 +3,8 @@
     python -m jobs.pipeline run.yaml [--stages extract,decode] [--address auto] [--no-ray]
     ray job submit --address http://HEAD:8265 --working-dir . -- python -m jobs.pipeline run.yaml
 
-Stages that are not built yet (see ``jobs.STAGES``) are skipped with a logged message. A rerun after a failure
-or a stopped driver resumes: finished units are skipped, stage by stage.
+The stages and their order are ``vsp.pipeline``'s. A rerun after a failure or a stopped driver resumes:
+finished units are skipped, stage by stage.
 """
 
 from __future__ import annotations

@@ -14,81 +14,26 @@ prefix holds a run with a different configuration, 143 stopped by SIGTERM (``ray
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import STAGES
-from vsp.config import STAGE_ORDER, RunConfig, load_from_env, load_run_config
+from vsp import pipeline
+from vsp.config import RunConfig, load_from_env, load_run_config
 from vsp.errors import ConfigMismatchError, VspInputError
-from vsp.io.store import Store, open_store
+from vsp.io.store import open_store
 from vsp.runrecord import RunRecord, format_progress, store_progress
+from vsp.stage import Executor, LocalExecutor, StageContext
 
 log = logging.getLogger(__name__)
 
 
 class StopRequested(BaseException):  # noqa: N818 - a signal, not an error
     """SIGTERM reached the driver (``ray job stop``, a scheduler's eviction): stop and record it."""
-
-
-@dataclass
-class StageContext:
-    """What a stage's ``run(ctx)`` gets: the configuration, the store, the run record, and how to compute."""
-
-    config: RunConfig
-    store: Store
-    record: RunRecord
-    use_ray: bool
-    address: str | None = None
-    _norms: Any = field(default=None, repr=False)
-    _connected: bool = field(default=False, repr=False)
-
-    def connect(self) -> None:
-        """Join (or start) Ray on first use: a stage calls this only when it has work for Ray.
-
-        A rerun whose stages have nothing left to do therefore never starts Ray (seconds saved, and no
-        cluster needed to learn that a run is finished).
-        """
-        if self._connected:
-            return
-        connect_ray(self.address)
-        if _handler_wanted:  # ray.init installs its own SIGTERM handler (sys.exit): take it back
-            signal.signal(signal.SIGTERM, _on_sigterm)
-        self._connected = True
-
-    @property
-    def connected(self) -> bool:
-        """Whether this run has connected Ray."""
-        return self._connected
-
-    def norms(self):  # -> vsp.data.norms.Norms
-        """The configured norms, loaded once per run (several stages need them)."""
-        if self._norms is None:
-            from vsp.data.norms import load_cslb
-
-            spec = self.config.norms
-            if spec is None:
-                raise VspInputError("norms: required by this stage (path or URI of CSLB norms.dat)")
-            self._norms = load_cslb(spec.path, min_pf=spec.min_pf, min_concepts=spec.min_concepts)
-        return self._norms
-
-    def progress(self, stage: str, unit: str, what: str) -> Callable[..., None]:
-        """A progress callback that logs one line per finished unit (job logs have no progress bars)."""
-        t0 = time.perf_counter()
-
-        def report(done: int, total: int, count: int | None = None) -> None:
-            rate = ""
-            if count is not None:
-                rate = f", {count} {what} ({count / max(time.perf_counter() - t0, 1e-9):.1f}/s)"
-            log.info("%s: %d/%d %s%s", stage, done, total, unit, rate)
-
-        return report
 
 
 def connect_ray(address: str | None) -> None:
@@ -98,11 +43,22 @@ def connect_ray(address: str | None) -> None:
     if address is None and os.environ.get("RAY_ADDRESS"):
         address = "auto"  # a Ray job's driver: RAY_ADDRESS names the cluster it was submitted to
     init_ray(address)
+    if _handler_wanted:  # ray.init installs its own SIGTERM handler (sys.exit): take it back
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def make_executor(use_ray: bool, address: str | None = None) -> Executor:
+    """The one choice of where units run: Ray tasks (joined on first use) or this process."""
+    if not use_ray:
+        return LocalExecutor()
+    from cluster.executor import RayExecutor
+
+    return RayExecutor(lambda: connect_ray(address))
 
 
 def run_stage_list(config: RunConfig) -> list[str]:
     """The configuration's stages in pipeline order."""
-    return [s for s in STAGE_ORDER if s in config.stages]
+    return [s for s in pipeline.names() if s in config.stages]
 
 
 def run_pipeline(
@@ -114,26 +70,27 @@ def run_pipeline(
     """Run the configuration's stages (or ``stages``), in pipeline order, recording every step in run.json."""
     if stages is not None:
         config = config.with_stages(tuple(stages))
+    # bad input (norms, images) is refused before anything is written
+    norms = StageContext.load_norms(config)
+    inputs = {name: pipeline.get(name).check_inputs(config) for name in run_stage_list(config)}
     store = open_store(config.store)
     record = RunRecord.begin(store, config)  # refuses a prefix holding another configuration: nothing written
     log.info("run %s: stages %s (attempt %d)", store.uri, ", ".join(config.stages), record.attempt["attempt"])
     finished_any = False
     try:
         # Ray is connected lazily (ctx.connect), by the first stage that has work for it
-        ctx = StageContext(config, store, record, use_ray=not no_ray, address=address)
+        executor = make_executor(not no_ray, address)
+        ctx = StageContext(config, store, executor, record, _norms=norms, inputs=inputs)
         for name in run_stage_list(config):
-            module = STAGES.get(name)
-            if module is None:
-                log.warning("stage %s is not built yet: skipped", name)
-                record.stage_skipped(name, "not built yet")
-                continue
+            stage = pipeline.get(name)
             record.stage_started(name)
             t0 = time.perf_counter()
             try:
-                counts = importlib.import_module(module).run(ctx)
+                counts = stage.run(ctx)
             except BaseException as exc:
                 _record(record.stage_failed, name, _describe(exc))
                 raise
+            log.info("%s", counts.get("summary", f"{name}: done"))
             record.stage_finished(name, time.perf_counter() - t0, counts)
             finished_any = True
     except ConfigMismatchError as exc:
@@ -146,7 +103,7 @@ def run_pipeline(
     except BaseException as exc:
         _record(record.finish, error=_describe(exc))
         raise
-    if not no_ray and not ctx.connected:
+    if not no_ray and not getattr(executor, "connected", True):
         log.info("ray: not started, no stage had work for it (nothing to do)")
     record.finish()
     return record

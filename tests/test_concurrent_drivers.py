@@ -264,6 +264,7 @@ def test_a_different_configuration_is_refused_in_one_line_and_writes_nothing(wor
     cmd = extract_cmd(world, store.uri) + ["--seed", "7"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert r.returncode == 3
-    assert "holds a different extraction run (differs in: config.seed" in r.stderr
+    # `vsp extract` is a run of one stage: its record refuses first, naming the key (the manifest would too)
+    assert "holds a different run configuration (differs in: extract.seed)" in r.stderr
     assert "Traceback" not in r.stderr
     assert {k: store.read_bytes(k) for k in store.list("")} == before

@@ -295,7 +295,6 @@ def test_run_record_writes_manifest_and_attempts(tmp_path):
     rec = RunRecord.begin(store, cfg)
     rec.stage_started("extract")
     rec.stage_finished("extract", 1.5, {"units_run": 2, "units_skipped": 0})
-    rec.stage_skipped("meta", "not built yet")
     rec.set_weights_identity({"alexnet": "random:0"})
     rec.finish()
     doc = read_run(store)
@@ -304,7 +303,7 @@ def test_run_record_writes_manifest_and_attempts(tmp_path):
     assert {"python", "vsp", "torch", "ray", "zarr"} <= set(doc["versions"])
     assert doc["weights_identity"] == {"alexnet": "random:0"}
     assert doc["stages"]["extract"]["status"] == "done" and doc["stages"]["extract"]["units_run"] == 2
-    assert doc["stages"]["meta"] == {"status": "skipped", "attempt": 1, "reason": "not built yet"}
+    assert "meta" not in doc["stages"]
     assert doc["attempts"][0]["stage_counts"]["extract"]["seconds"] == 1.5
     RunRecord.begin(store, cfg).finish(error="RuntimeError: boom")
     doc = read_run(store)
@@ -331,7 +330,7 @@ def test_other_configuration_is_refused_once_results_exist(tmp_path):
     with pytest.raises(ConfigMismatchError) as err:
         RunRecord.begin(store, small_config(tmp_path, seed=2, pooling="mean"))
     msg = str(err.value)
-    assert "run.json holds a run with a different configuration" in msg
+    assert "run.json holds a different run configuration" in msg
     assert "extract: extract.pooling" in msg and "extract: extract.seed" in msg and "new store prefix" in msg
     assert store.read_bytes(RUN_JSON) == before  # refused before writing anything
     RunRecord.begin(store, small_config(tmp_path, seed=1, batch_size=2)).finish()  # tuning is not identity
@@ -396,3 +395,126 @@ def test_seeds_outside_what_torch_and_numpy_take_are_refused(tmp_path, section, 
     message = rf"{section}\.seed: must be an integer from 0 to {maximum}, got {seed}"
     with pytest.raises(VspInputError, match=message):
         load_run_config(path)
+
+
+# ---------------------------------------------------------- stage Configs: the only declaration of settings
+
+TOY = """
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vsp.config import setting
+from vsp.stage import Stage
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    size: int = setting(3, minimum=1)
+    rate: float = setting(0.5, positive=True)
+    mode: str = setting("fast", choices=("fast", "slow"))
+    shout: bool = False
+    words: tuple[str, ...] = ("a", "b")
+    counts: tuple[int, ...] | None = None
+    weights: tuple[float, ...] | None = setting(None, minimum=0.0)
+    data: str | None = setting(None, path=True)
+    table: dict[str, str] | None = None
+    chunk: int = setting(2, identity=False, key="chunk_size", minimum=1)
+
+
+class ToyStage(Stage):
+    name = "toy"
+    root = "toy"
+    Config = ToyConfig
+    needs = ("norms",)
+"""
+
+
+@pytest.fixture
+def toy_stage(tmp_path, monkeypatch):
+    import vsp.pipeline
+
+    (tmp_path / "toy_module.py").write_text(TOY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(vsp.pipeline, "STAGES", [*vsp.pipeline.STAGES, ("toy", "toy_module:ToyStage")])
+    return tmp_path
+
+
+def test_a_registered_stage_gets_its_section_read_from_its_config(toy_stage):
+    import vsp.config
+
+    assert vsp.config.STAGE_ORDER[-1] == "toy" and "toy" in vsp.config.NEEDS_NORMS
+    data = {
+        "store": "s", "norms": "n.dat", "stages": ["toy"],
+        "toy": {"size": 4, "rate": 2, "mode": "slow", "shout": True, "words": "x,y", "counts": [1, 2],
+                "weights": 0, "data": "d.txt", "table": {"k": "v"}, "chunk_size": 9},
+    }  # fmt: skip
+    cfg = RunConfig.from_dict(data, base_dir=toy_stage)
+    toy = cfg.settings("toy")
+    assert (toy.size, toy.rate, toy.mode, toy.shout, toy.words) == (4, 2.0, "slow", True, ("x", "y"))
+    assert (toy.counts, toy.weights, toy.table, toy.chunk) == ((1, 2), (0.0,), {"k": "v"}, 9)
+    assert toy.data == str(toy_stage / "d.txt")
+    assert RunConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()  # round trip, extra section kept
+    assert cfg.to_dict()["toy"]["chunk_size"] == 9
+    ident = cfg.stage_identity("toy")
+    assert ident["toy"]["size"] == 4 and "chunk" not in ident["toy"] and ident["norms"]["path"]
+    assert RunConfig.from_dict({"store": "s", "norms": "n", "stages": ["toy"]}).settings("toy").size == 3
+    with pytest.raises(VspInputError, match="norms: required when the toy stage runs"):
+        RunConfig.from_dict({"store": "s", "stages": ["toy"]})
+
+
+@pytest.mark.parametrize(
+    ("toy", "message"),
+    [
+        ({"size": 0}, "toy.size: must be an integer >= 1, got 0"),
+        ({"rate": 0}, "toy.rate: must be > 0"),
+        ({"mode": "medium"}, "toy.mode: must be one of fast, slow"),
+        ({"shout": "yes"}, "toy.shout: must be true or false"),
+        ({"words": 3}, "toy.words: must be a list of names"),
+        ({"counts": [0]}, "toy.counts: must be integers >= 1"),
+        ({"weights": [-1]}, "toy.weights: must be numbers >= 0"),
+        ({"table": ["x"]}, "toy.table: must be a mapping"),
+        ({"chunk": 3}, "toy.chunk: unknown key"),
+        ({"chunk_size": 0}, "toy.chunk_size: must be an integer >= 1"),
+    ],
+)
+def test_generic_section_errors_name_the_key(toy_stage, toy, message):
+    with pytest.raises(VspInputError, match=message.replace(".", r"\.")):
+        RunConfig.from_dict({"store": "s", "norms": "n", "stages": ["toy"], "toy": toy})
+
+
+def test_settings_are_the_stage_configs():
+    from vsp import pipeline
+
+    cfg = RunConfig.from_dict({"images": "i", "store": "s", "norms": "n.dat"})
+    for name in pipeline.names():
+        assert isinstance(cfg.settings(name), pipeline.get(name).Config)
+    assert cfg.settings("extract") is cfg.extract and cfg.extraction_config() is cfg.extract
+    assert cfg.settings("map") is cfg.map and cfg.settings("report") is cfg.report
+
+
+def test_mlp_weight_decay_is_read_under_either_name():
+    base = {"store": "s", "norms": "n", "stages": ["map"]}
+    a = RunConfig.from_dict(base | {"map": {"mlp_wd": [0, 0.1]}})
+    b = RunConfig.from_dict(base | {"map": {"mlp_weight_decay": [0, 0.1]}})
+    assert a.map.mlp_weight_decay == b.map.mlp_weight_decay == (0.0, 0.1)
+    assert a.identity() == b.identity() and a.to_dict()["map"]["mlp_wd"] == [0.0, 0.1]
+    with pytest.raises(VspInputError, match="map.mlp_weight_decay: the same setting as map.mlp_wd"):
+        RunConfig.from_dict(base | {"map": {"mlp_wd": [0], "mlp_weight_decay": [0]}})
+    with pytest.raises(VspInputError, match=r"map\.mlp_wd: must be numbers >= 0"):
+        RunConfig.from_dict(base | {"map": {"mlp_wd": [-1]}})
+
+
+def test_meta_decodability_settings_under_either_spelling():
+    base = {"store": "s", "stages": ["meta"]}
+    flat = RunConfig.from_dict(base | {"meta": {"folds": 3, "C": 0.5}})
+    nested = RunConfig.from_dict(base | {"meta": {"decodability": {"folds": 3, "C": 0.5}}})
+    assert (nested.meta.folds, nested.meta.C) == (3, 0.5) and nested.identity() == flat.identity()
+    with pytest.raises(VspInputError, match=r"meta\.decodability\.folds: must be an integer >= 2"):
+        RunConfig.from_dict(base | {"meta": {"decodability": {"folds": 1}}})
+    with pytest.raises(VspInputError, match=r"meta\.decodability\.folds: the same setting as meta\.folds"):
+        RunConfig.from_dict(base | {"meta": {"folds": 3, "decodability": {"folds": 3}}})
+    lr = RunConfig.from_dict(base | {"meta": {"onetoN_lr": 0.1, "onetoN_lam": 0.001}})
+    assert (lr.meta.onetoN_lr, lr.meta.onetoN_lam) == (0.1, 0.001)
+    with pytest.raises(VspInputError, match=r"meta\.onetoN_lr: must be > 0"):
+        RunConfig.from_dict(base | {"meta": {"onetoN_lr": 0}})

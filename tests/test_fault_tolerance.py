@@ -304,7 +304,7 @@ def test_other_configuration_on_same_prefix_is_refused(cluster, world, s3_uri, t
     other = write_config(tmp_path / "b.yaml", world, s3_uri, unit_size=8, seed=1)
     assert finish(start_driver(other, cluster, log), log, 120) == 3
     text = log.read_text()
-    assert "run.json holds a run with a different configuration (differs in extract: extract.seed)" in text
+    assert "run.json holds a different run configuration (differs in: extract.seed)" in text
     assert "use a new store prefix" in text
 
     for key, data in snapshot.items():

@@ -40,31 +40,29 @@ def write_config(path: Path, world, store: str, stages=("extract", "decode"), **
     return path
 
 
-def test_registry_names_only_built_stages():
+def test_every_registered_stage_has_a_job_entry_point_and_a_contract():
     import importlib
+    import inspect
 
-    from jobs import STAGES
-    from vsp.config import STAGE_ORDER
+    from vsp import pipeline
+    from vsp.stage import Stage
 
-    assert list(STAGES) == [s for s in STAGE_ORDER if s in STAGES]  # pipeline order
-    for module in STAGES.values():
-        assert callable(importlib.import_module(module).run)
+    for name in pipeline.names():
+        stage = pipeline.get(name)
+        assert isinstance(stage, Stage) and stage.name == name and stage.root
+        assert inspect.isclass(stage.Config) and stage.Config.__dataclass_fields__
+        module = importlib.import_module(f"jobs.{name}")
+        assert "main(" in inspect.getsource(module) and f'"{name}"' in inspect.getsource(module)
 
 
-def test_vsp_run_no_ray_resumes_skips_unbuilt_stages_and_reports(tmp_path, world, caplog, monkeypatch):
-    import jobs.runner
-
-    monkeypatch.delitem(jobs.runner.STAGES, "meta")  # as if the stage were not built yet
-    cfg = write_config(
-        tmp_path / "run.yaml", world, str(tmp_path / "store"), stages=("extract", "decode", "meta")
-    )
+def test_vsp_run_no_ray_resumes_and_reports(tmp_path, world):
+    cfg = write_config(tmp_path / "run.yaml", world, str(tmp_path / "store"), stages=("extract", "decode"))
     res = runner.invoke(app, ["run", str(cfg), "--no-ray"])
     assert res.exit_code == 0, res.output
     assert "extract    3/3 units done" in res.stdout and "decode     6/6 layers done" in res.stdout
     assert "pipeline complete" in res.stdout
-    assert any("stage meta is not built yet: skipped" in r.getMessage() for r in caplog.records)
     doc = read_run(open_store(tmp_path / "store"))
-    assert doc["status"] == "complete" and doc["stages"]["meta"]["status"] == "skipped"
+    assert doc["status"] == "complete" and "meta" not in doc["stages"]
     assert doc["weights_identity"] == {"alexnet": "random:0"}
     assert doc["stages"]["extract"]["units_run"] == 3 and doc["stages"]["decode"]["layers_run"] == 6
 
@@ -158,7 +156,7 @@ def test_vsp_run_refuses_another_configuration(tmp_path, world):
     other = write_config(tmp_path / "b.yaml", world, store, stages=("extract",), seed=1)
     res = runner.invoke(app, ["run", str(other), "--no-ray"])
     assert res.exit_code == 3
-    assert "different configuration" in res.output and "extract.seed" in res.output
+    assert "holds a different run configuration (differs in: extract.seed)" in res.output
 
 
 def test_stage_entry_points_run_as_modules(tmp_path, world):
@@ -287,7 +285,7 @@ def test_vsp_submit_runs_the_demo_pipeline_on_the_local_cluster(local_cluster, t
     sid2 = runner.invoke(app, ["submit", "--address", address, str(other)]).stdout.strip().splitlines()[-1]
     assert jobs_client.wait(address, sid2, timeout=120) == "FAILED"
     logs2 = runner.invoke(app, ["logs", sid2, "--address", address]).stdout
-    assert "holds a run with a different configuration" in logs2 and "extract.seed" in logs2
+    assert "holds a different run configuration" in logs2 and "extract.seed" in logs2
     assert runner.invoke(app, ["status", sid2, "--address", address]).exit_code == 1
     assert read_run(open_store(store))["status"] == "complete"  # the refused run changed nothing
 

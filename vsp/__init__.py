@@ -66,5 +66,22 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         sys.modules[module.__name__] = importlib.import_module(new)  # the import system returns this one
 
 
+def forward_names(package: str, target: str):
+    """A module ``__getattr__`` that resolves ``package``'s 0.1 names from ``target`` (for one release).
+
+    ``vsp.decode`` was one module in 0.1 and is a room now; ``from vsp.decode import aggregate`` still works.
+    """
+
+    def __getattr__(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return getattr(importlib.import_module(target), name)
+        except AttributeError:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+
+    return __getattr__
+
+
 if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
     sys.meta_path.append(_MovedModules())

@@ -43,16 +43,26 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vsp.errors import VspInputError
 
-# Every stage of the pipeline, in the order it runs. `jobs/` says which of them are built so far.
-STAGE_ORDER = ("extract", "decode", "meta", "map", "similarity", "report")
-DEFAULT_STAGES = STAGE_ORDER  # the whole pipeline; decode and map need the norms section
-NEEDS_NORMS = ("decode", "map")
+if TYPE_CHECKING:
+    from vsp.decode.stage import DecodeConfig
+    from vsp.extract.features import ExtractionConfig
+    from vsp.mapping.stage import MappingConfig
+    from vsp.meta.stage import MetaConfig
+    from vsp.report.config import ReportConfig
+    from vsp.similarity.stage import SimilarityConfig
+
+# STAGE_ORDER (every stage, in the order it runs), DEFAULT_STAGES (the whole pipeline) and NEEDS_NORMS (the
+# stages that need the norms section) are read from ``vsp.pipeline``: see ``__getattr__`` below.
 LAYER_SELECTIONS = ("all-conv", "paper")
 WEIGHTS_NAMED = ("imagenet", "random")
 #: Largest seed of a stage whose folds or shuffles go through numpy's RandomState (scikit-learn's
@@ -60,6 +70,42 @@ WEIGHTS_NAMED = ("imagenet", "random")
 SEED_MAX = 2**32 - 1
 #: Largest seed of random network weights (``torch.manual_seed``; kept within int64 for JSON and Parquet).
 WEIGHTS_SEED_MAX = 2**63 - 1
+
+
+def setting(
+    default: Any = MISSING, *, identity: bool = True, key: str | None = None, doc: str = "", **extra: Any
+) -> Any:
+    """A stage Config field: its default, whether it is identity (decides results) or tuning, its run key.
+
+    ``identity=False`` marks tuning (batch sizes, task sizes, threads, work selection): left out of the
+    stage's identity, so changing it never refuses a rerun. ``key`` is the run-file/CLI name when it differs
+    from the field name (kept for names fixed by an earlier release). ``extra`` holds what the run-file reader
+    (:func:`read_section`) applies: ``minimum`` / ``maximum`` / ``positive`` (numbers), ``choices`` (with
+    ``choice_word`` for lists), ``path=True`` (a relative local path resolves against the run file's folder),
+    ``aliases`` (other accepted run-file keys); and ``added=True`` (identity, but recorded only when not at
+    its default: a setting added after stores were written), ``manifest=False`` (left out of the stage's own
+    manifest, which predates it).
+    """
+    return field(default=default, metadata={"identity": identity, "key": key, "doc": doc, **extra})
+
+
+def is_identity(f: Any) -> bool:
+    """Whether a dataclass field decides results (every field not marked ``identity=False``)."""
+    return f.metadata.get("identity", True)
+
+
+def plain(x: Any) -> Any:
+    """Tuples as lists, recursively: the JSON form identities and manifests record."""
+    if isinstance(x, tuple | list):
+        return [plain(v) for v in x]
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    return x
+
+
+def identity_fields(config: Any) -> dict[str, Any]:
+    """A stage Config's identity settings as plain JSON types (tuning fields left out)."""
+    return {f.name: plain(getattr(config, f.name)) for f in fields(config) if is_identity(f)}
 
 
 def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -211,404 +257,267 @@ class NormsSpec:
     min_concepts: int = 5
 
 
-@dataclass(frozen=True)
-class ExtractSpec:
-    """Feature extraction: which networks, layers and weights; how work is cut and batched."""
-
-    models: tuple[str, ...] = ("alexnet", "vgg16", "resnet34", "densenet169")
-    layers: str | tuple[str, ...] = "paper"
-    weights: str = "imagenet"
-    seed: int = 0
-    pooling: str = "max"
-    unit_size: int = 16
-    activation: str = "conv"  # conv | bn | relu: the value each layer pools (vsp.extract.networks)
-    batch_size: int = 32  # how, not what: not part of the identity
-    # extraction actors (default: one per GPU, else CPUs // 2); not part of the identity
-    actors: int | None = None
-    only_norm_concepts: bool = True  # extract only concepts present in the norms (when norms are given)
+# -- stage settings: each stage's Config dataclass is the only declaration; the run file is read from it
 
 
-@dataclass(frozen=True)
-class DecodeSpec:
-    """The decoding grid: stratified folds, their seed, the L2 strength and the solver precision."""
+def _pipeline() -> Any:
+    import vsp.pipeline
 
-    folds: int = 5
-    seed: int = 0
-    C: float = 1.0
-    dtype: str = "float32"
-    models: tuple[str, ...] | None = None  # default: every model in the feature store
-    layers_per_task: int = 4  # how, not what: not part of the identity
+    return vsp.pipeline
 
 
-@dataclass(frozen=True)
-class MetaSpec:
-    """Meta-embeddings (`vsp meta`): which image embeddings, their sizes, the text vectors; decodability."""
-
-    models: tuple[str, ...] | None = None  # default: every network in the feature store
-    kinds: tuple[str, ...] = ("penultimate", "svd", "1ton")
-    dim: int = 300
-    k: int = 300
-    seed: int = 0
-    text: str | None = None  # "glove" | a GloVe/word2vec text file | None ("none" in the file)
-    multimodal: bool = True
-    onetoN_epochs: int = 2000  # noqa: N815 - mirrors vsp.meta.stage.MetaConfig
-    onetoN_weighting: str = "scale"  # noqa: N815 - scale (the paper: scaled sources, betas 1) | beta
-    folds: int = 5  # decodability (with norms): stratified folds per property
-    C: float = 1.0  # decodability: inverse L2 strength
-    threads: int | None = None  # torch CPU threads; how, not what: not part of the identity
+def _stage(name: str) -> Any:
+    return _pipeline().get(name)
 
 
-@dataclass(frozen=True)
-class MapSpec:
-    """Zero-shot mapping (`vsp map`): embeddings and mappers, the repeated k-fold CV and the grids."""
-
-    embeddings: tuple[str, ...] | None = None  # names or fnmatch patterns; default: all
-    mappers: tuple[str, ...] = ("knn", "ridge", "mlp")
-    repeats: int = 5
-    folds: int = 10
-    seed: int = 0
-    candidates: str = "all"
-    inner_folds: int = 5
-    mlp_epochs: tuple[int, ...] | None = None
-    mlp_lr: tuple[float, ...] | None = None
-    mlp_wd: tuple[float, ...] | None = None
-    ridge_alphas: tuple[float, ...] | None = None
-    folds_per_task: int = 0  # 0: 1 for the MLP, a repeat otherwise
-    meta_fit: str = "all"  # all (SVD / 1ToN fitted once on every concept) | train (refitted per outer fold)
+def config_class(name: str) -> type:
+    """The Config dataclass of the registered stage ``name`` (``vsp.pipeline``)."""
+    return _stage(name).Config
 
 
-@dataclass(frozen=True)
-class SimilaritySpec:
-    """Word similarity (`vsp similarity`): benchmark files (default: the shared data's MEN, SimLex-999)."""
+def required_needs(name: str) -> tuple[str, ...]:
+    """Run inputs (``images``, ``norms``) the stage cannot run without: its ``needs`` less optional ones."""
+    stage = _stage(name)
+    return tuple(n for n in stage.needs if n not in stage.optional_needs)
 
-    men: str | None = None
-    simlex: str | None = None
-    pairs: dict[str, str] | None = None  # name -> file of 'word1 word2 score' lines
-    embeddings: tuple[str, ...] | None = None
 
-    def benchmarks(self) -> dict[str, str]:
-        """Name -> path; the shared data's MEN / SimLex-999 when none is configured."""
-        out: dict[str, str] = {}
-        if self.men:
-            out["MEN"] = self.men
-        if self.simlex:
-            out["SimLex-999"] = self.simlex
-        out.update(self.pairs or {})
-        if not out:
-            from vsp.similarity.stage import default_benchmarks
+def __getattr__(name: str) -> Any:
+    """STAGE_ORDER, DEFAULT_STAGES, NEEDS_NORMS: derived from ``vsp.pipeline`` each time they are read."""
+    if name in ("STAGE_ORDER", "DEFAULT_STAGES"):  # every stage, in the order it runs (the whole pipeline)
+        return _pipeline().names()
+    if name == "NEEDS_NORMS":  # stages that need the norms section
+        return tuple(s for s in _pipeline().names() if "norms" in required_needs(s))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-            out = {k: str(v) for k, v in default_benchmarks().items()}
-        if not out:
+
+def setting_key(f: Any) -> str:
+    """A Config field's run-file (and CLI) name: its ``key`` metadata, else the field name."""
+    return f.metadata.get("key") or f.name
+
+
+def section_keys(cls: type) -> tuple[str, ...]:
+    """The keys a Config's run-file section allows: every field's key, then the aliases."""
+    keys = [setting_key(f) for f in fields(cls)]
+    return (*keys, *(a for f in fields(cls) for a in f.metadata.get("aliases", ())))
+
+
+def _default(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def section_dict(config: Any) -> dict[str, Any]:
+    """A Config as its run-file section (keys as the run file spells them; plain JSON types)."""
+    return {setting_key(f): plain(getattr(config, f.name)) for f in fields(config)}
+
+
+def section_identity(config: Any) -> dict[str, Any]:
+    """A Config's identity settings as the run's record keeps them: run-file keys, tuning left out.
+
+    A field marked ``added=True`` (settable after stores were written without it) appears only when it is
+    not at its default, so a store written before it existed resumes.
+    """
+    out: dict[str, Any] = {}
+    for f in fields(config):
+        if not is_identity(f):
+            continue
+        value = getattr(config, f.name)
+        if f.metadata.get("added") and value == _default(f):
+            continue
+        out[setting_key(f)] = plain(value)
+    return out
+
+
+def manifest_fields(config: Any) -> dict[str, Any]:
+    """A Config's identity fields for the stage's own manifest (those marked ``manifest=False`` left out)."""
+    return {
+        f.name: plain(getattr(config, f.name))
+        for f in fields(config)
+        if is_identity(f) and f.metadata.get("manifest", True)
+    }
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _split_optional(hint: Any) -> tuple[Any, bool]:
+    """``X | None`` -> (X, True); ``X`` -> (X, False)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True  # noqa: UP007
+    return hint, False
+
+
+def _given(section: _Section, f: Any) -> str:
+    """The key the run file used for ``f`` (its key, or one alias); both given is ambiguous."""
+    names = (setting_key(f), *f.metadata.get("aliases", ()))
+    present = [n for n in names if section.data.get(n) is not None]
+    if len(present) > 1:
+        raise VspInputError(
+            f"{section.key(present[1])}: the same setting as {section.key(present[0])}; give one of them"
+        )
+    return present[0] if present else names[0]
+
+
+def read_field(section: _Section, f: Any, hint: Any, base_dir: Path | None, key: str | None = None) -> Any:
+    """One Config field from ``section`` by its type annotation and metadata checks.
+
+    Checks: ``minimum``, ``maximum``, ``positive``, ``choices``, ``path``; errors name ``<section>.<key>``.
+    """
+    md = f.metadata
+    key = key or _given(section, f)
+    default = _default(f)
+    t, optional = _split_optional(hint)
+    value = section.data.get(key)
+    if optional and value is None:
+        return default if default is not MISSING else None
+    minimum, maximum, choices = md.get("minimum"), md.get("maximum"), md.get("choices")
+    if t is bool:
+        return section.flag(key, default)
+    if t is int:
+        return section.integer(key, 0 if default in (None, MISSING) else default, minimum, maximum)
+    if t is float:
+        raw = section.data.get(key, default)
+        return check_number(section.key(key), raw, positive=md.get("positive", False), minimum=minimum)
+    if t is str:
+        if choices:
+            return section.choice(key, default, tuple(choices))
+        text = section.text(key, None if default is MISSING else default, required=default is MISSING)
+        return _resolve(text, base_dir) if md.get("path") and text is not None else text
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        kind = args[0]
+        if kind is str:
+            names = section.names(key, None if default is MISSING else default)
+            if choices and names:
+                bad = [n for n in names if n not in choices]
+                if bad:
+                    word = md.get("choice_word", "name")
+                    raise VspInputError(
+                        f"{section.key(key)}: unknown {word} {bad[0]!r}; {word}s are {', '.join(choices)}"
+                    )
+            return names
+        if kind in (int, float):
+            vals = section.numbers(key, kind)
+            if vals is None:
+                return default
+            if md.get("positive") and any(v <= 0 for v in vals):
+                raise VspInputError(f"{section.key(key)}: must be numbers > 0, got {list(vals)}")
+            if minimum is not None and any(v < minimum for v in vals):
+                raise VspInputError(f"{section.key(key)}: must be numbers >= {minimum:g}, got {list(vals)}")
+            if maximum is not None and any(v > maximum for v in vals):
+                raise VspInputError(f"{section.key(key)}: must be numbers <= {maximum:g}, got {list(vals)}")
+            return vals
+    if origin is dict and args == (str, str):
+        raw = section.data.get(key)
+        if raw is None:
+            return default
+        if (
+            not isinstance(raw, dict)
+            or not raw
+            or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in raw.items())
+        ):
             raise VspInputError(
-                "similarity: no benchmark files: set similarity.men / similarity.simlex / similarity.pairs, "
-                "or VSP_SHARED_DATA (MEN and SimLex-999 under it)"
+                f"{section.key(key)}: must be a mapping of names to non-empty strings, got {raw!r}"
             )
-        return out
+        return {k: (_resolve(v.strip(), base_dir) if md.get("path") else v.strip()) for k, v in raw.items()}
+    raise TypeError(f"{section.key(key)}: no run-file reader for {hint!r}; give the field a hook")
 
 
-@dataclass(frozen=True)
-class ReportSpec:
-    """The HTML report (`vsp report`): where it goes (a local path) and its explanations."""
-
-    out: str | None = None  # default: <store>/report.html (local store), else report.html by the config
-    explain_images: int = 3
-    model: str | None = None
-    layers: str | None = None
-    top: int = 8
-    device: str = "cpu"  # how, not what: not part of the identity
+Hook = Callable[[_Section], Any]
 
 
-_NOT_IDENTITY = {
-    "extract": ("batch_size", "actors"),
-    "decode": ("layers_per_task",),
-    "meta": ("threads",),
-    "map": ("embeddings", "mappers"),  # select work (as in the stage's own manifest): a rerun may add some
-    "report": ("device", "out"),
-}
+def read_section(
+    section: _Section, cls: type, base_dir: Path | None, hooks: dict[str, Hook] | None = None
+) -> Any:
+    """A stage's Config from its run-file section, every field read by its type annotation and metadata.
+
+    ``hooks`` maps a field name to a reader of its own (``extract.layers``, the report's output path...).
+    A check the Config makes itself (``__post_init__``) is named by the section.
+    """
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if not f.init:
+            continue
+        if hooks and f.name in hooks:
+            values[f.name] = hooks[f.name](section)
+            continue
+        value = read_field(section, f, hints[f.name], base_dir)
+        if value is not MISSING:
+            values[f.name] = value
+    try:
+        return cls(**values)
+    except VspInputError as exc:
+        raise VspInputError(f"{section.name}: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a pipeline run depends on; build it with :func:`load_run_config` or :meth:`from_dict`."""
+def _read_stage(
+    name: str, data: Any, base: Path | None, hooks: dict[str, Hook] | None = None, extra_keys: tuple = ()
+) -> Any:
+    cls = config_class(name)
+    return read_section(_Section(data, name, (*section_keys(cls), *extra_keys)), cls, base, hooks)
 
-    store: str
-    images: str | None = None
-    norms: NormsSpec | None = None
-    stages: tuple[str, ...] = DEFAULT_STAGES
-    extract: ExtractSpec = field(default_factory=ExtractSpec)
-    decode: DecodeSpec = field(default_factory=DecodeSpec)
-    meta: MetaSpec = field(default_factory=MetaSpec)
-    map: MapSpec = field(default_factory=MapSpec)
-    similarity: SimilaritySpec = field(default_factory=SimilaritySpec)
-    report: ReportSpec = field(default_factory=ReportSpec)
-    source: str = ""  # where the configuration came from (file path, or "<env VSP_RUN_CONFIG>")
 
-    # -- parsing ---------------------------------------------------------------------------------------------
-    @classmethod
-    def from_dict(
-        cls, data: Any, base_dir: str | os.PathLike[str] | None = None, source: str = ""
-    ) -> RunConfig:
-        """Validate a parsed document; relative local paths resolve against ``base_dir``."""
-        base = Path(base_dir).resolve() if base_dir is not None else None
-        top = _Section(data, "", ("store", "images", "norms", "stages", *STAGE_ORDER))
-        store = _resolve(top.text("store", required=True), base)  # type: ignore[arg-type]
-
-        stages = top.names("stages", DEFAULT_STAGES) or DEFAULT_STAGES
-        bad = [s for s in stages if s not in STAGE_ORDER]
-        if bad:
-            raise VspInputError(f"stages: unknown stage {bad[0]!r}; stages are {', '.join(STAGE_ORDER)}")
-        stages = tuple(s for s in STAGE_ORDER if s in stages)  # always run in pipeline order
-
-        images = top.text("images")
-        images = _resolve(images, base) if images else None
-        if "extract" in stages and images is None:
-            raise VspInputError(
-                "images: required when the extract stage runs (folder, s3:// prefix or manifest)"
-            )
-
-        norms = None
-        raw_norms = top.data.get("norms")
-        if isinstance(raw_norms, str):
-            raw_norms = {"path": raw_norms}
-        if raw_norms is not None:
-            ns = _Section(raw_norms, "norms", ("path", "min_pf", "min_concepts"))
-            norms = NormsSpec(
-                path=_resolve(ns.text("path", required=True), base),  # type: ignore[arg-type]
-                min_pf=ns.number("min_pf", 5),
-                min_concepts=ns.integer("min_concepts", 5, minimum=1),
-            )
-        for stage in NEEDS_NORMS:
-            if stage in stages and norms is None:
-                raise VspInputError(
-                    f"norms: required when the {stage} stage runs (path or URI of CSLB norms.dat)"
-                )
-
-        ex = _Section(
-            top.data.get("extract"), "extract",
-            ("models", "layers", "weights", "seed", "pooling", "activation", "unit_size", "batch_size",
-             "actors", "only_norm_concepts"),
-        )  # fmt: skip
-        layers_raw = ex.data.get("layers", ExtractSpec.layers)
-        if isinstance(layers_raw, str) and (layers_raw in LAYER_SELECTIONS or layers_raw.startswith("re:")):
-            layers: str | tuple[str, ...] = layers_raw
-        elif isinstance(layers_raw, str | list):
-            layers = ex.names("layers", None)  # type: ignore[assignment]
-        else:
-            raise VspInputError(
-                f"extract.layers: all-conv | paper | re:<regex> | a list of module names; got {layers_raw!r}"
-            )
-        weights = ex.text("weights", "imagenet")
-        if weights not in WEIGHTS_NAMED:
-            weights = _resolve(weights, base)  # type: ignore[arg-type]
-        only = ex.data.get("only_norm_concepts", True)
-        if not isinstance(only, bool):
-            raise VspInputError(f"extract.only_norm_concepts: must be true or false, got {only!r}")
-        extract = ExtractSpec(
-            models=ex.names("models", ExtractSpec.models),  # type: ignore[arg-type]
-            layers=layers,
-            weights=weights,  # type: ignore[arg-type]
-            seed=ex.seed(maximum=WEIGHTS_SEED_MAX),
-            pooling=ex.choice("pooling", "max", ("max", "mean")),
-            activation=ex.choice("activation", "conv", ("conv", "bn", "relu")),
-            unit_size=ex.integer("unit_size", 16, minimum=1),
-            batch_size=ex.integer("batch_size", 32, minimum=1),
-            actors=ex.opt_int("actors", minimum=1),
-            only_norm_concepts=only,
+# -- the hooks of the built-in sections --------------------------------------------------------------------
+def _extract_hooks(base: Path | None) -> dict[str, Hook]:
+    def layers(ex: _Section) -> str | tuple[str, ...]:
+        raw = ex.data.get("layers", "paper")
+        if isinstance(raw, str) and (raw in LAYER_SELECTIONS or raw.startswith("re:")):
+            return raw
+        if isinstance(raw, str | list):
+            return ex.names("layers", None)  # type: ignore[return-value]
+        raise VspInputError(
+            f"extract.layers: all-conv | paper | re:<regex> | a list of module names; got {raw!r}"
         )
 
-        de = _Section(
-            top.data.get("decode"), "decode", ("folds", "seed", "C", "dtype", "models", "layers_per_task")
-        )
-        decode = DecodeSpec(
-            folds=de.integer("folds", 5, minimum=2),
-            seed=de.seed(),
-            C=de.number("C", 1.0, positive=True),
-            dtype=de.choice("dtype", "float32", ("float32", "float64")),
-            models=de.names("models", None),
-            layers_per_task=de.integer("layers_per_task", 4, minimum=1),
-        )
-        return cls(store=store, images=images, norms=norms, stages=stages, extract=extract, decode=decode,
-                   meta=_meta(top, base), map=_map(top), similarity=_similarity(top, base),
-                   report=_report(top, base, store), source=source)  # fmt: skip
+    def weights(ex: _Section) -> str:
+        value = ex.text("weights", "imagenet")
+        return value if value in WEIGHTS_NAMED else _resolve(value, base)  # type: ignore[arg-type]
 
-    # -- views -----------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """The normalised configuration as plain JSON/YAML types (``from_dict`` reads it back)."""
-
-        def plain(x: Any) -> Any:
-            if isinstance(x, tuple | list):
-                return [plain(v) for v in x]
-            if isinstance(x, dict):
-                return {k: plain(v) for k, v in x.items()}
-            return x
-
-        out = {f.name: plain(asdict(self)[f.name]) for f in fields(self) if f.name != "source"}
-        return out
-
-    def stage_identity(self, stage: str) -> dict[str, Any]:
-        """What decides one stage's results: a rerun of that stage on the same prefix must match it.
-
-        Store, stages and tuning keys (batch size, actors, layers per task) are left out; so is everything the
-        stage does not read, so running `extract` first and `decode` later (adding ``norms``) is one run.
-        """
-        d = self.to_dict()
-        for section, keys in _NOT_IDENTITY.items():
-            for k in keys:
-                d[section].pop(k)
-        if stage == "extract":
-            restrict = self.extract.only_norm_concepts and self.norms is not None
-            return {"images": d["images"], "norms": d["norms"] if restrict else None, "extract": d["extract"]}
-        if stage == "decode":
-            return {"norms": d["norms"], "decode": d["decode"]}
-        if stage == "report":  # rebuilt on every run from what the store holds: binds nothing
-            return {}
-        if stage in ("meta", "map"):
-            return {"norms": d["norms"], stage: d[stage]}
-        if stage == "similarity":
-            return {"similarity": d["similarity"]}
-        return {k: v for k, v in d.items() if k not in ("store", "stages")}
-
-    def identity(self) -> dict[str, dict[str, Any]]:
-        """Per stage this run runs: what decides its results (see :meth:`stage_identity`)."""
-        return {s: self.stage_identity(s) for s in self.stages}
-
-    def extraction_config(self):  # -> vsp.extract.features.ExtractionConfig
-        """The extraction stage's own config (its resumability key)."""
-        from vsp.extract.features import ExtractionConfig
-
-        e = self.extract
-        try:
-            return ExtractionConfig(
-                models=e.models, layers=e.layers, weights=e.weights, seed=e.seed, pooling=e.pooling,
-                unit_size=e.unit_size, activation=e.activation,
-            )  # fmt: skip
-        except VspInputError as exc:
-            raise VspInputError(f"extract: {exc}") from exc
-
-    def decode_config(self):  # -> vsp.decode.stage.DecodeConfig
-        """The decoding stage's own config (its resumability key, with the norms and the features)."""
-        from vsp.decode.stage import DecodeConfig
-
-        d = self.decode
-        try:
-            return DecodeConfig(folds=d.folds, seed=d.seed, C=d.C, dtype=d.dtype, models=d.models)
-        except VspInputError as exc:
-            raise VspInputError(f"decode: {exc}") from exc
-
-    def meta_config(self):  # -> vsp.meta.stage.MetaConfig
-        """The meta stage's own config (its resumability key, with the features and the text vectors)."""
-        from vsp.meta.stage import MetaConfig
-
-        m = self.meta
-        try:
-            return MetaConfig(
-                models=m.models, kinds=m.kinds, dim=m.dim, k=m.k, seed=m.seed, text=m.text,
-                multimodal=m.multimodal, onetoN_epochs=m.onetoN_epochs, onetoN_weighting=m.onetoN_weighting,
-            )  # fmt: skip
-        except VspInputError as exc:
-            raise VspInputError(f"meta: {exc}") from exc
-
-    def meta_decode_config(self):  # -> vsp.decode.stage.DecodeConfig
-        """The decodability step of the meta stage (folds, seed, C as `vsp meta`)."""
-        from vsp.decode.stage import DecodeConfig
-
-        return DecodeConfig(folds=self.meta.folds, seed=self.meta.seed, C=self.meta.C)
-
-    def mapping_config(self):  # -> vsp.mapping.stage.MappingConfig
-        """The map stage's own config (its resumability key, with the norms and the embeddings)."""
-        from vsp.mapping.stage import MappingConfig
-
-        m = self.map
-        try:
-            return MappingConfig(
-                embeddings=m.embeddings, mappers=m.mappers, repeats=m.repeats, folds=m.folds, seed=m.seed,
-                candidates=m.candidates, inner_folds=m.inner_folds, mlp_epochs=m.mlp_epochs, mlp_lr=m.mlp_lr,
-                mlp_weight_decay=m.mlp_wd, ridge_alphas=m.ridge_alphas, folds_per_task=m.folds_per_task,
-                meta_fit=m.meta_fit,
-            )  # fmt: skip
-        except VspInputError as exc:
-            raise VspInputError(f"map: {exc}") from exc
-
-    def with_stages(self, stages: tuple[str, ...] | list[str]) -> RunConfig:
-        """The same run restricted to some stages (e.g. ``python -m jobs.extract`` runs only extraction)."""
-        data = self.to_dict()
-        data["stages"] = list(stages)
-        return RunConfig.from_dict(data, source=self.source)
+    return {"layers": layers, "weights": weights}
 
 
-def _meta(top: _Section, base: Path | None) -> MetaSpec:
-    me = _Section(
-        top.data.get("meta"), "meta",
-        ("models", "kinds", "dim", "k", "seed", "text", "multimodal", "onetoN_epochs", "onetoN_weighting",
-         "folds", "C", "threads"),
-    )  # fmt: skip
-    kinds = me.names("kinds", MetaSpec.kinds)
-    bad = [k for k in kinds or () if k not in MetaSpec.kinds]
-    if bad:
-        raise VspInputError(f"meta.kinds: unknown kind {bad[0]!r}; kinds are {', '.join(MetaSpec.kinds)}")
-    text = me.text("text", "none")
-    if text.lower() == "none":  # type: ignore[union-attr]
-        text = None
-    elif text.lower() != "glove":  # type: ignore[union-attr]
-        text = _resolve(text, base)  # type: ignore[arg-type]
-    return MetaSpec(
-        models=me.names("models", None),
-        kinds=kinds,  # type: ignore[arg-type]
-        dim=me.integer("dim", 300, minimum=1),
-        k=me.integer("k", 300, minimum=1),
-        seed=me.seed(),
-        text=text.lower() if text and text.lower() == "glove" else text,
-        multimodal=me.flag("multimodal", True),
-        onetoN_epochs=me.integer("onetoN_epochs", 2000, minimum=1),
-        onetoN_weighting=me.choice("onetoN_weighting", "scale", ("scale", "beta")),
-        folds=me.integer("folds", 5, minimum=2),
-        C=me.number("C", 1.0, positive=True),
-        threads=me.opt_int("threads", minimum=1),
-    )
+def _meta_section(data: Any) -> tuple[Any, _Section | None]:
+    """meta.decodability.{folds, C} read as meta.folds / meta.C (either spelling, not both)."""
+    if not isinstance(data, dict) or data.get("decodability") is None:
+        return data, None
+    dec = _Section(data["decodability"], "meta.decodability", ("folds", "C"))
+    for k in dec.data:
+        if data.get(k) is not None:
+            raise VspInputError(f"meta.decodability.{k}: the same setting as meta.{k}; give one of them")
+    return data, dec
 
 
-def _map(top: _Section) -> MapSpec:
-    from vsp.mapping.mappers import MAPPERS
+def _meta_hooks(base: Path | None, dec: _Section | None) -> dict[str, Hook]:
+    def text(me: _Section) -> str | None:
+        value = me.text("text", "none")
+        if value.lower() == "none":  # type: ignore[union-attr]
+            return None
+        if value.lower() == "glove":  # type: ignore[union-attr]
+            return "glove"
+        return _resolve(value, base)  # type: ignore[arg-type]
 
-    mp = _Section(
-        top.data.get("map"), "map",
-        ("embeddings", "mappers", "repeats", "folds", "seed", "candidates", "inner_folds", "mlp_epochs",
-         "mlp_lr", "mlp_wd", "ridge_alphas", "folds_per_task", "meta_fit"),
-    )  # fmt: skip
-    mappers = mp.names("mappers", MapSpec.mappers)
-    bad = [m for m in mappers or () if m not in MAPPERS]
-    if bad:
-        raise VspInputError(f"map.mappers: unknown mapper {bad[0]!r}; mappers are {', '.join(MAPPERS)}")
-    for key in ("mlp_lr", "ridge_alphas"):
-        vals = mp.numbers(key, float)
-        if vals and any(v <= 0 for v in vals):
-            raise VspInputError(f"map.{key}: must be numbers > 0, got {list(vals)}")
-    wd = mp.numbers("mlp_wd", float)
-    if wd and any(v < 0 for v in wd):
-        raise VspInputError(f"map.mlp_wd: must be numbers >= 0, got {list(wd)}")
-    return MapSpec(
-        embeddings=mp.names("embeddings", None),
-        mappers=mappers,  # type: ignore[arg-type]
-        repeats=mp.integer("repeats", 5, minimum=1),
-        folds=mp.integer("folds", 10, minimum=2),
-        seed=mp.seed(),
-        candidates=mp.choice("candidates", "all", ("all", "test")),
-        inner_folds=mp.integer("inner_folds", 5, minimum=2),
-        mlp_epochs=mp.numbers("mlp_epochs", int),
-        mlp_lr=mp.numbers("mlp_lr", float),
-        mlp_wd=wd,
-        ridge_alphas=mp.numbers("ridge_alphas", float),
-        folds_per_task=mp.integer("folds_per_task", 0, minimum=0),
-        meta_fit=mp.choice("meta_fit", "all", ("all", "train")),
-    )
+    hooks: dict[str, Hook] = {"text": text}
+    if dec is not None:
+        cls = config_class("meta")
+        by_name = {f.name: f for f in fields(cls)}
+        for k in dec.data:
+            hooks[k] = lambda _me, k=k: read_field(dec, by_name[k], _hints(cls)[k], base, key=k)
+    return hooks
 
 
-def _similarity(top: _Section, base: Path | None) -> SimilaritySpec:
-    si = _Section(top.data.get("similarity"), "similarity", ("men", "simlex", "pairs", "embeddings"))
-    men, simlex = si.text("men"), si.text("simlex")
-    raw = si.data.get("pairs")
-    pairs: dict[str, str] | None = None
-    if raw is not None:
+def _similarity_hooks(base: Path | None) -> dict[str, Hook]:
+    def pairs(si: _Section) -> dict[str, str] | None:
+        raw = si.data.get("pairs")
+        if raw is None:
+            return None
         if isinstance(raw, str):
             raw = [raw]
         if isinstance(raw, list) and all(isinstance(p, str) and p.strip() for p in raw):
@@ -621,45 +530,194 @@ def _similarity(top: _Section, base: Path | None) -> SimilaritySpec:
             raise VspInputError(
                 f"similarity.pairs: a path, a list of paths or a mapping name -> path; got {raw!r}"
             )
-        pairs = {str(k): _resolve(v.strip(), base) for k, v in raw.items()}
-    return SimilaritySpec(
-        men=_resolve(men, base) if men else None,
-        simlex=_resolve(simlex, base) if simlex else None,
-        pairs=pairs,
-        embeddings=si.names("embeddings", None),
-    )
+        return {str(k): _resolve(v.strip(), base) for k, v in raw.items()}
+
+    return {"pairs": pairs}
 
 
-def _report(top: _Section, base: Path | None, store: str) -> ReportSpec:
-    re_ = _Section(
-        top.data.get("report"), "report", ("out", "explain_images", "model", "layers", "top", "device")
-    )
-    out = re_.text("out")
-    if out is not None:
-        if _is_uri(out):
-            raise VspInputError(f"report.out: must be a local path (the report is a file), got {out!r}")
-        out = _resolve(out, base)
-    if out is None:  # beside the results on a local store; next to the configuration for an s3:// one
-        out = (
-            str(Path(store) / "report.html")
-            if not _is_uri(store)
-            else str((base or Path.cwd()) / "report.html")
+def _report_hooks(base: Path | None, store: str) -> dict[str, Hook]:
+    def out(re_: _Section) -> str:
+        path = re_.text("out")
+        if path is not None:
+            if _is_uri(path):
+                raise VspInputError(f"report.out: must be a local path (the report is a file), got {path!r}")
+            path = _resolve(path, base)
+        if path is None:  # beside the results on a local store; next to the configuration for an s3:// one
+            path = (
+                str(Path(store) / "report.html")
+                if not _is_uri(store)
+                else str((base or Path.cwd()) / "report.html")
+            )
+        if Path(path).suffix.lower() not in (".html", ".htm"):
+            raise VspInputError(f"report.out: must name an .html file, got {path!r}")
+        return path
+
+    def layers(re_: _Section) -> str | None:
+        value = re_.data.get("layers")
+        if isinstance(value, list):
+            value = ",".join(str(x) for x in value)
+        elif value is not None and not isinstance(value, str | int):
+            raise VspInputError(f"report.layers: 0-based tap indices or module names, got {value!r}")
+        return str(value) if value is not None else None
+
+    return {"out": out, "layers": layers}
+
+
+BUILTIN = ("extract", "decode", "meta", "map", "similarity", "report")  # RunConfig's own attributes
+
+
+def _default_config(name: str) -> Callable[[], Any]:
+    return lambda: config_class(name)()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a pipeline run depends on; build it with :func:`load_run_config` or :meth:`from_dict`.
+
+    ``extract`` ... ``report`` are the stages' own Config objects (``ExtractionConfig``, ``DecodeConfig``,
+    ``MetaConfig``, ``MappingConfig``, ``SimilarityConfig``, ``ReportConfig``); ``extra`` holds those of
+    stages registered in ``vsp.pipeline`` beyond them. :meth:`settings` returns any of them by name.
+    """
+
+    store: str
+    images: str | None = None
+    norms: NormsSpec | None = None
+    stages: tuple[str, ...] = field(default_factory=lambda: _pipeline().names())
+    extract: ExtractionConfig = field(default_factory=_default_config("extract"))
+    decode: DecodeConfig = field(default_factory=_default_config("decode"))
+    meta: MetaConfig = field(default_factory=_default_config("meta"))
+    map: MappingConfig = field(default_factory=_default_config("map"))
+    similarity: SimilarityConfig = field(default_factory=_default_config("similarity"))
+    report: ReportConfig = field(default_factory=_default_config("report"))
+    extra: dict[str, Any] = field(default_factory=dict)  # registered stages beyond the six: name -> Config
+    source: str = ""  # where the configuration came from (file path, or "<env VSP_RUN_CONFIG>")
+
+    # -- parsing ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(
+        cls, data: Any, base_dir: str | os.PathLike[str] | None = None, source: str = ""
+    ) -> RunConfig:
+        """Validate a parsed document; relative local paths resolve against ``base_dir``."""
+        base = Path(base_dir).resolve() if base_dir is not None else None
+        order = _pipeline().names()
+        top = _Section(data, "", ("store", "images", "norms", "stages", *order))
+        store = _resolve(top.text("store", required=True), base)  # type: ignore[arg-type]
+
+        stages = top.names("stages", order) or order
+        bad = [s for s in stages if s not in order]
+        if bad:
+            raise VspInputError(f"stages: unknown stage {bad[0]!r}; stages are {', '.join(order)}")
+        stages = tuple(s for s in order if s in stages)  # always run in pipeline order
+
+        images = top.text("images")
+        images = _resolve(images, base) if images else None
+        for stage in stages:
+            if "images" in required_needs(stage) and images is None:
+                raise VspInputError(
+                    f"images: required when the {stage} stage runs (folder, s3:// prefix or manifest)"
+                )
+
+        norms = None
+        raw_norms = top.data.get("norms")
+        if isinstance(raw_norms, str):
+            raw_norms = {"path": raw_norms}
+        if raw_norms is not None:
+            ns = _Section(raw_norms, "norms", ("path", "min_pf", "min_concepts"))
+            norms = NormsSpec(
+                path=_resolve(ns.text("path", required=True), base),  # type: ignore[arg-type]
+                min_pf=ns.number("min_pf", 5),
+                min_concepts=ns.integer("min_concepts", 5, minimum=1),
+            )
+        for stage in stages:
+            if "norms" in required_needs(stage) and norms is None:
+                raise VspInputError(
+                    f"norms: required when the {stage} stage runs (path or URI of CSLB norms.dat)"
+                )
+
+        meta_data, dec = _meta_section(top.data.get("meta"))
+        hooks = {
+            "extract": _extract_hooks(base),
+            "meta": _meta_hooks(base, dec),
+            "similarity": _similarity_hooks(base),
+            "report": _report_hooks(base, store),
+        }
+        configs = {
+            name: _read_stage(
+                name, meta_data if name == "meta" else top.data.get(name), base, hooks.get(name),
+                ("decodability",) if name == "meta" else (),
+            )
+            for name in order
+        }  # fmt: skip
+        extra = {k: v for k, v in configs.items() if k not in BUILTIN}
+        builtin = {k: configs[k] for k in BUILTIN if k in configs}
+        return cls(
+            store=store, images=images, norms=norms, stages=stages, **builtin, extra=extra, source=source
         )
-    if Path(out).suffix.lower() not in (".html", ".htm"):
-        raise VspInputError(f"report.out: must name an .html file, got {out!r}")
-    layers = re_.data.get("layers")
-    if isinstance(layers, list):
-        layers = ",".join(str(x) for x in layers)
-    elif layers is not None and not isinstance(layers, str | int):
-        raise VspInputError(f"report.layers: 0-based tap indices or module names, got {layers!r}")
-    return ReportSpec(
-        out=out,
-        explain_images=re_.integer("explain_images", 3, minimum=0),
-        model=re_.text("model"),
-        layers=str(layers) if layers is not None else None,
-        top=re_.integer("top", 8, minimum=1),
-        device=re_.choice("device", "cpu", ("cpu", "cuda")),
-    )
+
+    # -- views -----------------------------------------------------------------------------------------------
+    def settings(self, name: str) -> Any:
+        """The Config of the registered stage ``name``, as the run file set it (its defaults otherwise)."""
+        if name in BUILTIN:
+            return getattr(self, name)
+        if name in self.extra:
+            return self.extra[name]
+        return config_class(name)()  # KeyError naming the stages for an unknown one
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalised configuration as plain JSON/YAML types (``from_dict`` reads it back)."""
+        out: dict[str, Any] = {
+            "store": self.store,
+            "images": self.images,
+            "norms": plain(asdict(self.norms)) if self.norms is not None else None,
+            "stages": list(self.stages),
+        }
+        for name in BUILTIN:
+            out[name] = section_dict(getattr(self, name))
+        for name, config in self.extra.items():
+            out[name] = section_dict(config)
+        return out
+
+    def stage_identity(self, stage: str) -> dict[str, Any]:
+        """What decides one stage's results: a rerun of that stage on the same prefix must match it.
+
+        Store, stages and tuning settings (``setting(identity=False)``: batch size, actors, layers per task)
+        are left out; so is everything the stage does not read, so running `extract` first and `decode`
+        later (adding ``norms``) is one run. Each stage answers for itself (``vsp.stage.Stage.identity``).
+        """
+        return _stage(stage).identity(self)
+
+    def identity(self) -> dict[str, dict[str, Any]]:
+        """Per stage this run runs: what decides its results (see :meth:`stage_identity`)."""
+        return {s: self.stage_identity(s) for s in self.stages}
+
+    # The stages' configs are the sections themselves; these names remain for callers of release 0.2.
+    def extraction_config(self) -> ExtractionConfig:
+        """The extraction stage's config (``self.extract``)."""
+        return self.extract
+
+    def decode_config(self) -> DecodeConfig:
+        """The decoding stage's config (``self.decode``)."""
+        return self.decode
+
+    def meta_config(self) -> MetaConfig:
+        """The meta stage's config (``self.meta``)."""
+        return self.meta
+
+    def meta_decode_config(self) -> DecodeConfig:
+        """The decodability step of the meta stage (folds, seed, C as `vsp meta`)."""
+        from vsp.decode.stage import DecodeConfig
+
+        return DecodeConfig(folds=self.meta.folds, seed=self.meta.seed, C=self.meta.C)
+
+    def mapping_config(self) -> MappingConfig:
+        """The map stage's config (``self.map``)."""
+        return self.map
+
+    def with_stages(self, stages: tuple[str, ...] | list[str]) -> RunConfig:
+        """The same run restricted to some stages (e.g. ``python -m jobs.extract`` runs only extraction)."""
+        data = self.to_dict()
+        data["stages"] = list(stages)
+        return RunConfig.from_dict(data, source=self.source)
 
 
 class _DuplicateKey(Exception):

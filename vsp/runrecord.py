@@ -30,14 +30,15 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from vsp.config import STAGE_ORDER, RunConfig
-from vsp.errors import ConfigMismatchError, VspInputError
+from vsp import pipeline
+from vsp.config import RunConfig
+from vsp.errors import VspInputError
 from vsp.io import bookkeeping
+from vsp.io.bookkeeping import diff_keys, mismatch
 from vsp.io.store import Store
 
 log = logging.getLogger(__name__)
@@ -100,41 +101,13 @@ def git_commit(root: str | os.PathLike[str] | None = None) -> str | None:
     return f"{head}-dirty" if dirty else head or None
 
 
-def _diff(have: dict[str, Any], want: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ (``extract.seed``), descending into mappings."""
-    out = []
-    for k in sorted(set(have) | set(want)):
-        a, b = have.get(k), want.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}")
-    return out
-
-
-def _output_manifest(stage: str) -> str | None:
-    """The key whose presence says a stage wrote results under the prefix (its manifest), if it has one."""
-    import importlib
-
-    where = {
-        "extract": ("vsp.extract.features", "MANIFEST"),
-        "decode": ("vsp.decode.stage", "MANIFEST"),
-        "meta": ("vsp.meta.stage", "MANIFEST"),
-        "map": ("vsp.mapping.stage", "MANIFEST"),
-        "similarity": ("vsp.similarity.stage", "MANIFEST"),
-        "report": ("vsp.report.build", "REPORT_MARKER"),
-    }.get(stage)
-    return getattr(importlib.import_module(where[0]), where[1]) if where is not None else None
-
-
 def _has_output(store: Store, doc: dict[str, Any], stage: str) -> bool:
     """Whether a stage left results on the prefix (a run that failed before writing binds nothing).
 
     One existence check per stage (its manifest), not a scan of its markers.
     """
-    key = _output_manifest(stage)
-    if key is not None:
-        return store.exists(key)
+    if stage in pipeline.names():
+        return pipeline.get(stage).has_results(store)
     return doc.get("stages", {}).get(stage, {}).get("status") == "done"
 
 
@@ -379,14 +352,13 @@ class RunRecord:
                 key
                 for stage in want
                 if stage in have and _has_output(store, doc, stage)
-                for key in _diff(have[stage], want[stage], f"{stage}: ")
+                for key in diff_keys(have[stage], want[stage])
             ]
             if diff:
-                raise ConfigMismatchError(
-                    f"{store.key_uri(RUN_JSON)} holds a run with a different configuration "
-                    f"(differs in {'; '.join(diff)}); use a new store prefix for a new configuration, "
-                    "or delete the old prefix to start over"
-                )
+                raise mismatch(
+                    store.key_uri(RUN_JSON), "run configuration", list(dict.fromkeys(diff)),
+                    "use a new store prefix for a new configuration, or delete the old prefix to start over",
+                )  # fmt: skip
         legacy_ours = False
         if raw is not None and not _is_view(raw):  # format 1: keep its record before run.json becomes a view
             legacy_ours = not store.exists(LEGACY)
@@ -458,13 +430,6 @@ class RunRecord:
         self.attempt["stage_counts"][name] = {"seconds": round(seconds, 3), **counts}
         self.save()
 
-    def stage_skipped(self, name: str, reason: str) -> None:
-        """Record that a stage was not run, and why."""
-        entry = self._stage(name)
-        entry.clear()
-        entry.update(status="skipped", reason=reason)
-        self.save()
-
     def stage_failed(self, name: str, error: str) -> None:
         """Record a stage's failure."""
         self._stage(name).update(status="failed", finished=now(), error=error)
@@ -520,118 +485,13 @@ def read_run(store: Store) -> dict[str, Any] | None:
 # --- progress ---------------------------------------------------------------------------------------------
 
 
-def _extract_progress(store: Store) -> dict[str, Any] | None:
-    from vsp.extract.features import FeatureStore
-
-    fs = FeatureStore(store)
-    man = fs.manifest()
-    if man is None:
-        return None
-    total = len(man["units"])
-    done_units, invalid = fs.unit_status()  # a marker counts only if the chunks it lists are there
-    done = len({u for u in done_units if u < total})
-    return {"what": "units", "done": done, "total": total, "complete": done == total, "invalid": len(invalid)}
-
-
-def _decode_progress(store: Store) -> dict[str, Any] | None:
-    from vsp.decode.stage import MANIFEST, ROOT, done_markers
-    from vsp.extract.features import FeatureStore
-
-    if not store.exists(MANIFEST):
-        return None
-    models = store.read_json(MANIFEST)["identity"]["config"].get("models")
-    layers = [x for x in FeatureStore(store).layers() if not models or x.model in models]
-    scan = done_markers(store, layers)  # the stage's own test: marker and data
-    done = len(scan.done)
-    figures = store.exists(f"{ROOT}/figure1.png")
-    return {
-        "what": "layers",
-        "done": done,
-        "total": len(layers),
-        "complete": done == len(layers) and figures,
-        "invalid": len(scan.invalid),
-    }
-
-
-def _meta_progress(store: Store) -> dict[str, Any] | None:
-    """Embeddings built (markers) of the planned ones; with a decodability run, its markers count too."""
-    from vsp.meta.stage import DECODABILITY, DECODE_MANIFEST, MANIFEST, built_embeddings, decoded_embeddings
-
-    if not store.exists(MANIFEST):
-        return None
-    plan = [e["name"] for e in store.read_json(MANIFEST).get("plan", [])]
-    done = len(built_embeddings(store, plan))  # the stage's own test: marker and data
-    total = len(plan)
-    complete = done == total
-    if store.exists(DECODE_MANIFEST):  # decodability of every embedding: a second unit per embedding
-        done += len(decoded_embeddings(store, plan))
-        total += len(plan)
-        complete = done == total and store.exists(DECODABILITY)
-    return {"what": "embeddings", "done": done, "total": total, "complete": complete}
-
-
-def _map_progress(store: Store) -> dict[str, Any] | None:
-    """Mapping units (markers) of the grid: mapped embeddings x mappers x repeats x fold chunks."""
-    from vsp.mapping.mappers import MAPPERS
-    from vsp.mapping.stage import MANIFEST, TABLE2, done_markers
-
-    if not store.exists(MANIFEST):
-        return None
-    man = store.read_json(MANIFEST)
-    cfg = man["identity"]["config"]
-    run = read_run(store) or {}
-    mappers = ((run.get("config") or {}).get("map") or {}).get("mappers") or list(MAPPERS)  # not identity
-    per_embedding = 0
-    for m in mappers:
-        step = (
-            min(cfg["folds_per_task"], cfg["folds"])
-            if cfg["folds_per_task"]
-            else (1 if m == "mlp" else cfg["folds"])
-        )
-        per_embedding += cfg["repeats"] * -(-cfg["folds"] // step)
-    total = per_embedding * len(man.get("embeddings", {}))
-    done = min(len(done_markers(store).done), total)  # the stage's own test: marker and data
-    return {"what": "units", "done": done, "total": total, "complete": done == total and store.exists(TABLE2)}
-
-
-def _similarity_progress(store: Store) -> dict[str, Any] | None:
-    from vsp.similarity.stage import MANIFEST, done_markers
-
-    if not store.exists(MANIFEST):
-        return None
-    done = int(bool(done_markers(store).done))
-    return {"what": "table", "done": done, "total": 1, "complete": bool(done)}
-
-
-def _report_progress(store: Store) -> dict[str, Any] | None:
-    """The report is done when its marker exists and the files it lists are there (on this machine)."""
-    from vsp.report.build import REPORT_MARKER, report_files_ok
-
-    if not store.exists(REPORT_MARKER):
-        return None
-    ok = report_files_ok(store.read_json(REPORT_MARKER))
-    return {"what": "report", "done": int(ok), "total": 1, "complete": ok}
-
-
-# Per stage: how to count its finished units from its own markers. Adding a stage's report is one line.
-PROGRESS: dict[str, Callable[[Store], dict[str, Any] | None]] = {
-    "extract": _extract_progress,
-    "decode": _decode_progress,
-    "meta": _meta_progress,
-    "map": _map_progress,
-    "similarity": _similarity_progress,
-    "report": _report_progress,
-}
-
-
 def store_progress(store: Store) -> dict[str, Any]:
     """Which units of which stages are done under a prefix (from markers), plus the run manifest's view."""
     run = read_run(store)
     recorded = (run or {}).get("stages", {})
     stages: dict[str, Any] = {}
-    for name in STAGE_ORDER:
-        counter = PROGRESS.get(name)
-        prog = counter(store) if counter else None
+    for name in pipeline.names():
+        prog = pipeline.get(name).progress(store)
         rec = recorded.get(name, {})
         if prog is None and not rec:
             continue
@@ -650,38 +510,22 @@ def store_progress(store: Store) -> dict[str, Any]:
             if a.get("status") in ("running", "lost")
         ]
     wanted = ((run or {}).get("config") or {}).get("stages") or list(stages)
-    counted = [s for s in wanted if s in PROGRESS and recorded.get(s, {}).get("status") != "skipped"]
+    counted = [s for s in wanted if s in pipeline.names() and recorded.get(s, {}).get("status") != "skipped"]
     out["complete"] = bool(stages) and all(stages.get(s, {}).get("complete") for s in counted)
     return out
-
-
-MARKER_PREFIXES = ("decode/done", "meta/done", "meta/decode/done", "mapping/done", "similarity/done")
 
 
 def verify_store(store: Store) -> dict[str, Any]:
     """Deep check (`vsp status --verify`): re-read every unit's data and compare it with its marker.
 
-    Feature units are re-read and hashed against the value digest of their marker; Parquet outputs against
-    their sha256. Slower than the status listing (it reads everything), so it runs only when asked.
+    Each stage re-reads its own outputs (feature units against their value digest, Parquet outputs against
+    their sha256). Slower than the status listing (it reads everything), so it runs only when asked.
     """
-    from vsp.extract.features import FeatureStore
-    from vsp.io.bookkeeping import read_markers, verify_outputs
-
     checked, bad = 0, []
-    fs = FeatureStore(store)
-    if fs.manifest() is not None:
-        for unit in sorted(fs.done_units()):
-            checked += 1
-            if not fs.verify_unit(unit):
-                bad.append(fs.marker_path(unit))
-    for prefix in MARKER_PREFIXES:
-        keys = [
-            k for k in store.list(prefix) if k.endswith(".json")
-        ]  # a folder: meta/done/..., not meta/decode
-        for key, doc in read_markers(store, keys).items():
-            checked += 1
-            if verify_outputs(store, doc):
-                bad.append(key)
+    for stage in pipeline.stages():
+        n, mismatched = stage.verify(store)
+        checked += n
+        bad += mismatched
     return {"checked": checked, "mismatched": bad}
 
 

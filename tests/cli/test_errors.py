@@ -125,14 +125,18 @@ def test_read_only_commands_create_no_folders(tmp_path):
         res = runner.invoke(app, [*cmd, "--store", str(missing)])
         assert res.exit_code == EXIT_INPUT, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-    # an existing, empty store: status reads it, and report adds only its own marker (no stage folders)
+    # an existing, empty store: status reads it, and report adds only its own marker and the run record
+    # (run.json and its attempt, as every stage run through jobs.runner does), no stage folders
     empty = tmp_path / "empty"
     empty.mkdir()
     assert runner.invoke(app, ["status", "--store", str(empty)]).exit_code == 0
     assert list(empty.iterdir()) == []
     res = runner.invoke(app, ["report", "--store", str(empty), "--out", str(tmp_path / "r.html")])
     assert res.exit_code == 0, res.output
-    assert sorted(p.relative_to(empty).as_posix() for p in empty.rglob("*")) == ["report", "report/done.json"]
+    written = sorted(p.relative_to(empty).as_posix() for p in empty.rglob("*"))
+    attempts = [p for p in written if p.startswith("runs/")]
+    assert len(attempts) == 1 and attempts[0].endswith(".json")
+    assert written == ["report", "report/done.json", "run.json", "runs", *attempts]
 
 
 def test_missing_norms_file_is_one_line(tmp_path):

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.test_embeddings import FAST, make_features
+from tests.meta.test_stage import FAST, make_features
 from vsp.data.norms import load_cslb
 from vsp.data.synthetic import generate_world
 from vsp.io.store import open_store

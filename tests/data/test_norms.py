@@ -521,3 +521,14 @@ def test_cli_norms_vocabulary_files(tmp_path: Path) -> None:
         app, [*args, "--colour-words", str(tmp_path / "c.txt"), "--shape-words", str(tmp_path / "c.txt")]
     )
     assert bad.exit_code == 2 and "in both the colour" in bad.output
+
+
+@pytest.mark.s3
+def test_vocabulary_reads_s3(s3_uri: str) -> None:
+    from vsp.data.norms import load_vocabulary, property_key
+    from vsp.io.store import open_store
+
+    open_store(s3_uri).write_bytes("colours.txt", b"# colours\nis red\n\nis_green\n")
+    assert load_vocabulary(f"{s3_uri}/colours.txt") == {property_key("is red"), property_key("is_green")}
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        load_vocabulary(f"{s3_uri}/nope.txt")

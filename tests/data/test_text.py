@@ -119,3 +119,17 @@ def test_real_cslb_coverage_with_glove_6b(cslb_path):
     assert cv.coverage.missing == ["courgette", "sellotape"]
     assert (counts["phrase"], counts["average"], counts["alias"]) == (3, 22, 3)
     assert cv.matrix.shape == (636, 50)
+
+
+@pytest.mark.s3
+def test_word_vectors_from_s3(s3_uri):
+    from vsp.io.store import open_store
+
+    store = open_store(s3_uri)
+    store.write_bytes("g.txt", GLOVE.encode())
+    store.write_bytes("g.txt.gz", gzip.compress(GLOVE.encode()))
+    plain = load_word_vectors(f"{s3_uri}/g.txt")
+    assert plain.source == f"{s3_uri}/g.txt" and plain.dim == 3 and len(plain) == 6
+    assert load_text_vectors(f"{s3_uri}/g.txt.gz", vocab=["dog"]).words == ["dog"]
+    with pytest.raises(VspInputError, match="not found"):
+        load_word_vectors(f"{s3_uri}/missing.txt")

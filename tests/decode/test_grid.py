@@ -1,4 +1,4 @@
-"""vsp.decode.grid: the per-layer Arrow table, the aggregation arithmetic, Figures 1-2 and the baseline table."""
+"""vsp.decode.grid: the per-layer Arrow table, the aggregation, Figures 1-2 and the baseline table."""
 
 from __future__ import annotations
 

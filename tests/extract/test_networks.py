@@ -158,27 +158,27 @@ def test_paper_is_the_default_layer_selection_everywhere():
     import inspect
 
     from vsp.cli.extract import extract
-    from vsp.config import ExtractSpec, RunConfig
+    from vsp.config import RunConfig
     from vsp.extract.features import ExtractionConfig
     from vsp.extract.hooks import MultiNetExtractor
     from vsp.extract.networks import DEFAULT_LAYERS
 
     assert DEFAULT_LAYERS == "paper"
     assert ExtractionConfig().layers == "paper"
-    assert ExtractSpec().layers == "paper"
+    assert RunConfig.from_dict({"store": "/tmp/s", "stages": ["meta"]}).extract.layers == "paper"
     cfg = RunConfig.from_dict({"store": "/tmp/s", "images": "/tmp/i", "stages": ["extract"]})
     assert cfg.extraction_config().layers == "paper"
     assert inspect.signature(MultiNetExtractor).parameters["layers"].default == "paper"
     assert inspect.signature(extract).parameters["layers"].default == "paper"
     # the drift another issue fixes: left as it is, and no new drift added (activation agrees everywhere)
-    assert ExtractionConfig().activation == ExtractSpec().activation == "conv"
+    assert ExtractionConfig().activation == cfg.extract.activation == "conv"
     assert inspect.signature(extract).parameters["activation"].default == "conv"
 
 
 def test_demo_extracts_the_paper_layers(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import vsp.cli.extract as cli_extract
+    import jobs.runner
     from vsp.cli import app
 
     seen = {}
@@ -186,16 +186,19 @@ def test_demo_extracts_the_paper_layers(tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    def fake_run_extract(store, records, config, *args, **kwargs):
+    def fake_run_pipeline(config, *args, **kwargs):
         seen["config"] = config
         raise Stop
 
-    monkeypatch.setattr(cli_extract, "run_extract", fake_run_extract)
+    monkeypatch.setattr(jobs.runner, "run_pipeline", fake_run_pipeline)
+    out = tmp_path / "d"
     res = CliRunner().invoke(
-        app, ["demo", "--out", str(tmp_path / "d"), "--concepts", "12", "--images-per-concept", "1"]
+        app, ["demo", "--out", str(out), "--concepts", "12", "--images-per-concept", "1"]
     )
-    assert "config" in seen, res.output  # the stub stopped the demo at its extraction step
-    assert seen["config"].layers == "paper" and seen["config"].activation == "conv"
+    assert "config" in seen, res.output  # the stub stopped the demo where it runs its run file
+    assert seen["config"].source == str(out / "run.yaml")
+    extract = seen["config"].settings("extract")
+    assert extract.layers == "paper" and extract.activation == "conv"
 
 
 def _manifest(layers, models=("densenet169",), kinds=None, activation=None):

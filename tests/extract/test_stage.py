@@ -4,7 +4,13 @@ import pytest
 from vsp.data.images import build_manifest
 from vsp.data.synthetic import generate_world
 from vsp.extract.features import ExtractionConfig, FeatureStore
-from vsp.extract.stage import compute_unit, decode_unit, make_extractor, plan_extraction, run_extraction_local
+from vsp.extract.stage import (
+    compute_unit,
+    decode_unit_images,
+    make_extractor,
+    plan_extraction,
+    run_extraction_local,
+)
 from vsp.io.store import open_store
 
 CONFIG = ExtractionConfig(models=("alexnet",), weights="random", seed=3, unit_size=2)
@@ -51,9 +57,9 @@ def test_killed_then_rerun_equals_uninterrupted_bit_for_bit(tmp_path, records, r
     plan = plan_extraction(records, CONFIG, extractor)
     fs = FeatureStore(store)
     fs.create(plan)
-    fs.write_unit(plan, compute_unit(extractor, plan, decode_unit(plan, 0)))
+    fs.write_unit(plan, compute_unit(extractor, plan, decode_unit_images(plan, 0)))
     # unit 1 dies mid-write: some of its chunks hold garbage and it has no marker
-    res = compute_unit(extractor, plan, decode_unit(plan, 1))
+    res = compute_unit(extractor, plan, decode_unit_images(plan, 1))
     for k in res.concept_vectors:
         res.concept_vectors[k][:] = 123.0
     first = plan.layers[0]

@@ -14,7 +14,7 @@ import pytest
 import zarr
 
 from vsp.errors import VspInputError
-from vsp.io.store import LocalFileStore, S3Store, Store, open_store
+from vsp.io.store import LocalFileStore, S3Store, Store, open_store, open_uri, read_uri
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -195,3 +195,34 @@ def test_s3_secrets_not_in_repr(s3_server, s3_uri: str) -> None:
     store.exists("x")
     assert s3_server.secret_key not in repr(store) + store.uri + str(store.__dict__.get("uri"))
     assert s3_server.secret_key not in " ".join(s3_server.command())
+
+
+def test_read_uri_and_open_uri(store: Store) -> None:
+    store.write_bytes("in/data.txt", b"a b\nc d\n")
+    uri = store.key_uri("in/data.txt")
+    assert read_uri(uri) == b"a b\nc d\n"
+    with open_uri(uri) as fh:
+        assert fh.read() == b"a b\nc d\n"
+    missing = store.key_uri("in/missing.txt")
+    for read in (read_uri, open_uri):
+        with pytest.raises(FileNotFoundError, match="missing.txt") as info:
+            read(missing)
+        assert missing in str(info.value)
+
+
+def test_read_uri_local_kinds(tmp_path: Path) -> None:
+    (tmp_path / "f.bin").write_bytes(b"xyz")
+    assert read_uri(tmp_path / "f.bin") == read_uri(f"file://{tmp_path}/f.bin") == b"xyz"
+    with pytest.raises(IsADirectoryError):
+        read_uri(tmp_path)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)  # opening it would block until someone writes
+    with pytest.raises(VspInputError, match=r"pipe: not a regular file"):
+        read_uri(pipe)
+    with pytest.raises(VspInputError, match="/dev/zero: not a regular file"):
+        read_uri("/dev/zero")
+    with pytest.raises(VspInputError, match="unsupported URI"):
+        read_uri("http://example.org/x")
+    for bad in ("s3://", "s3://bucket", "s3://bucket/", "s3://bucket/folder/"):
+        with pytest.raises(VspInputError, match="not an S3 object URI"):
+            read_uri(bad)

@@ -70,7 +70,7 @@ def test_ridge_hits_equal_sklearn_brute_force():
 
 def test_ridge_closed_form_matches_sklearn_for_all_alphas():
     x, y = _data(n=30, d=8)
-    preds = mapping._ridge_predict_many(x[:20], y[:20], x[20:], [0.01, 1.0, 100.0])
+    preds = mapping.ridge_predict_many(x[:20], y[:20], x[20:], [0.01, 1.0, 100.0])
     for a, p in zip([0.01, 1.0, 100.0], preds, strict=True):
         np.testing.assert_allclose(p, Ridge(alpha=a).fit(x[:20], y[:20]).predict(x[20:]), atol=1e-8)
 
@@ -170,3 +170,23 @@ def test_inner_cv_refuses_one_training_concept_naming_the_numbers():
     x, y = _data(n=4)
     with pytest.raises(VspInputError, match=r"1 training concept.*5 inner folds"):
         run_fold(x, y, "ridge", np.array([0]), np.array([1, 2, 3]), grid={"alpha": [0.1, 10.0]})
+
+
+def test_one_ridge_solver_for_maps_and_predictions():
+    x, y = _data(n=30, d=8)
+    coef, b = mapping.fit_ridge(x[:20], y[:20], alpha=1.0)
+    (pred,) = mapping.ridge_predict_many(x[:20], y[:20], x[20:], [1.0])
+    np.testing.assert_allclose(x[20:] @ coef + b, pred, atol=1e-10)
+    solver = mapping.RidgeSVD.fit(x[:20], y[:20])
+    assert all(np.array_equal(u, v) for u, v in zip(solver.coef(1.0), (coef, b), strict=True))
+    with pytest.raises(VspInputError, match="alpha"):
+        mapping.fit_ridge(x, y, alpha=-1.0)
+
+
+def test_l2_rows_keeps_zero_rows():
+    from vsp.linalg import l2_rows
+
+    m = np.array([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    out = l2_rows(m)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]])

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_embeddings import FAST, make_features
+from tests.meta.test_stage import FAST, make_features
 from vsp.data.norms import load_cslb
 from vsp.data.synthetic import generate_world
 from vsp.errors import ConfigMismatchError
@@ -24,6 +24,7 @@ from vsp.mapping.stage import (
     plan_units,
     prepare,
     read_rows,
+    read_table2,
     run_mapping_local,
     table2_text,
 )
@@ -104,7 +105,9 @@ def test_units_schema_table2_and_equality_with_evaluate(tmp_path, meta_store, no
         for t in mapping.HITS:
             assert got[f"hit{t}"] == pytest.approx(ref[f"hit{t}"])
     text = table2_text(store)
-    assert "Hit@20" in text and "netA/svd" in text
+    assert "Hit@20" in text and "netA/svd" in text and "[" not in text  # the run's numbers only
+    # the stage's reader: Table 2 from the marked units, as stored
+    assert read_table2(store).equals(store.read_parquet(TABLE2).to_pandas())
 
 
 def test_resume_incremental_selection_and_refusal(tmp_path, meta_store, norms):
@@ -177,7 +180,7 @@ def test_cli_text_only_meta_map_similarity(tmp_path, world):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "Table 2" in res.output and "paper column omitted" in res.output
+    assert "Table 2" in res.output and "paper column omitted" not in res.output  # the paper's: `vsp report`
     res = runner.invoke(
         app,
         [
@@ -197,7 +200,7 @@ def test_cli_text_only_meta_map_similarity(tmp_path, world):
             "--no-ray",
         ],
     )
-    assert res.exit_code == 3 and "config.folds" in res.output
+    assert res.exit_code == 3 and "map.folds" in res.output  # named by the run record: the run-file key
     pairs = tmp_path / "pairs.txt"
     c = world.concepts
     pairs.write_text("".join(f"{c[i]} {c[i + 1]} {i % 5}\n" for i in range(8)))

@@ -19,10 +19,11 @@ from vsp.meta.stage import (
     DECODABILITY,
     MetaConfig,
     decodability_table,
+    decode_marker_path,
     embedding_names,
     embedding_path,
     marker_path,
-    paper_check,
+    read_decodability,
     read_embedding,
     run_decodability_local,
     run_meta_local,
@@ -176,18 +177,24 @@ def test_decodability_uses_the_decoding_grid_rules_and_resumes(tmp_path, built, 
     b = store.read_parquet("meta/decode/results/netA/penultimate.parquet").to_pandas()
     np.testing.assert_array_equal(a["f1"].to_numpy(), b["f1"].to_numpy())
     assert list(a["property"]) == list(b["property"])
-    text = decodability_table(store, paper_check(store, norms))
-    assert "netA/1ton+text" in text and "paper column omitted" in text
+    text = decodability_table(store)
+    assert "netA/1ton+text" in text and "[" not in text and "paper" not in text  # the run's numbers only
+    # the table is vsp.decode.grid.aggregate of each embedding's marked rows, bit for bit
+    from vsp.decode.grid import aggregate
+
+    rows = read_decodability(store)
+    assert list(dict.fromkeys(rows["embedding"])) == embedding_names(store)
+    for name, got in agg.groupby("embedding", sort=False):
+        want = aggregate(rows[rows["embedding"] == name])
+        want = want[want["group"].isin(got["group"])]
+        assert got["group"].tolist() == want["group"].tolist()
+        assert got["f1"].tolist() == want["f1"].tolist()
+        assert got["n_properties"].tolist() == want["n_properties"].tolist()
     assert run_decodability_local(store, norms, config).run == 0
     with pytest.raises(ConfigMismatchError, match="config"):
         run_decodability_local(store, norms, DecodeConfig(folds=4, seed=1))
-
-
-def test_paper_check_explains_why_the_paper_column_is_omitted(built, norms):
-    check = paper_check(open_store(built[0]), norms)
-    assert not check.images and not check.text
-    assert "ImageNet" in check.image_reason and "638" in check.text_reason
-    assert "omitted" in check.note()
+    store.delete(decode_marker_path("netA/svd"))  # unmarked rows are not read
+    assert "netA/svd" not in set(read_decodability(store)["embedding"])
 
 
 def test_1ton_scales_the_last_two_layers_with_unit_betas_and_records_them(built):

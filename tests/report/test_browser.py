@@ -23,8 +23,8 @@ import io
 import pytest
 
 from tests.browser import check_page, ensure_chromium
-from tests.test_explain import tiny_norms, tiny_run_copy
-from tests.test_report import assert_self_contained, plant_stage_outputs
+from tests.report.test_build import _marked, assert_self_contained, plant_stage_outputs
+from tests.report.test_explain import tiny_norms, tiny_run_copy
 from vsp.io.store import open_store
 from vsp.report.build import write_report
 
@@ -107,8 +107,8 @@ def _label(name: str) -> str:
 def _expected_tables(st, norms) -> dict[str, dict[str, dict[str, float]]]:
     """What each table must show, computed here from the planted Parquet files (no report code)."""
     import numpy as np
+    import pandas as pd
 
-    sizes = {c: norms.feature_class.count(c) for c in set(norms.feature_class)}
     dec: dict[str, dict[str, float]] = {}
     pen = st.read_parquet("decode/results/resnet18/penultimate.parquet").to_pandas()
     per_prop = pen.groupby(["property", "feature_class"])["f1"].mean().reset_index()
@@ -116,20 +116,19 @@ def _expected_tables(st, norms) -> dict[str, dict[str, dict[str, float]]]:
         **(per_prop.groupby("feature_class")["f1"].mean() * 100).to_dict(),
         "overall": per_prop["f1"].mean() * 100,
     }
-    meta = st.read_parquet("meta/decodability.parquet").to_pandas()
-    for (model, emb), g in meta.groupby(["model", "embedding"]):
-        by_class = (g.groupby("feature_class")["f1"].mean() * 100).to_dict()
-        overall = sum(by_class[c] * n for c, n in sizes.items()) / sum(sizes.values())
-        dec[_label(f"{model} {emb}")] = {**by_class, "overall": overall}
-    mp = st.read_parquet("mapping/results.parquet").to_pandas()
+    for key in st.list("meta/decode/results"):
+        g = st.read_parquet(key).to_pandas()
+        per_prop = g.groupby(["property", "feature_class"])["f1"].mean().reset_index()
+        by_class = (per_prop.groupby("feature_class")["f1"].mean() * 100).to_dict()
+        dec[_label(g["embedding"].iloc[0])] = {**by_class, "overall": per_prop["f1"].mean() * 100}
+    mp = pd.concat([st.read_parquet(k).to_pandas() for k in st.list("mapping/units")])
     t2: dict[str, dict[str, float]] = {}
     for (emb, mapper), g in mp.groupby(["embedding", "mapper"]):
         for h in ("hit1", "hit5", "hit10", "hit20"):
             t2.setdefault(_label(emb), {})[f"{mapper}|{h}"] = float(np.average(g[h], weights=g["n_test"]))
     t3: dict[str, dict[str, float]] = {}
-    for key in ("similarity/results.parquet", "similarity/table3.parquet"):
-        for r in st.read_parquet(key).to_pylist():
-            t3.setdefault(_label(r["embedding"]), {})[r["benchmark"]] = r["spearman"]
+    for r in st.read_parquet("similarity/table3.parquet").to_pylist():
+        t3.setdefault(_label(r["embedding"]), {})[r["benchmark"]] = r["spearman"]
     return {"table1": dec, "table2": t2, "table3": t3, "table4": dec}
 
 
@@ -151,9 +150,10 @@ def test_report_tables_show_the_numbers_of_their_parquet_sources(chromium, tmp_p
     # a benchmark of the run's own (as the demo's `demo-pairs`): it gets its column too
     demo = [
         {"embedding": e, "benchmark": "demo-pairs", "n_pairs": 276, "n_scored": 276, "spearman": v}
-        for e, v in (("resnet18/penultimate", 0.2075), ("svd_meta:resnet18", 0.2838), ("glove", 0.6065))
+        for e, v in (("resnet18/penultimate", 0.2075), ("resnet18/svd", 0.2838), ("glove", 0.6065))
     ]
-    st.write_parquet("similarity/table3.parquet", pa.Table.from_pylist(demo))
+    table3 = st.read_parquet("similarity/table3.parquet").to_pylist() + demo
+    _marked(st, "similarity/table3.parquet", pa.Table.from_pylist(table3), "similarity/done/table3.json")
     res = write_report(st, tmp_path / "report.html", norms=norms, explain_images=0)
     page = check_page(res.path, chromium)
     assert page.loaded and page.errors == []

@@ -1,4 +1,4 @@
-"""vsp.report.build: sections present/absent with the stages, self-contained HTML, CSV tables, the paper column."""
+"""vsp.report.build: sections with the stages, self-contained HTML, CSV tables, the paper column."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from vsp.data.norms import FEATURE_CLASSES, Norms
 from vsp.io.store import open_store
 from vsp.report import paper
-from vsp.report.build import classify_table, decodability_frame, paper_setup, write_report
+from vsp.report.build import decodability_frame, paper_setup, write_report
 
 # ------------------------------------------------------------------------------ planted stage outputs
 
@@ -60,34 +60,62 @@ def write_features_manifest(store, model: str, weights: str, identity: str, conc
     )
 
 
-def plant_stage_outputs(store, model: str, norms: Norms, seed: int = 0) -> None:
-    """Decode results and figures, a meta decodability table, mapping and similarity rows, a run.json."""
-    rng = np.random.default_rng(seed)
+def _marked(store, data_key: str, table: pa.Table, marker_key: str, **info) -> None:
+    """Write a unit's Parquet, then its marker listing it (as every stage does)."""
+    from vsp.io.bookkeeping import write_marker, write_output
+
+    write_marker(store, marker_key, [write_output(store, data_key, table)], **info)
+
+
+def _decode_rows(model: str, layer: str, norms: Norms, rng: np.random.Generator) -> pa.Table:
+    """Per-(property, fold) rows of one layer, as `vsp.decode.grid.decode_layer` writes them (f1 only)."""
     rows = [
         {
             "model": model,
-            "layer": "penultimate",
+            "layer": layer,
+            "layer_index": 0,
             "property": p,
             "feature_class": c,
+            "fine_grained": g,
             "fold": f,
             "f1": float(rng.uniform(0.2, 0.8)),
         }
-        for p, c in zip(norms.properties, norms.feature_class, strict=True)
+        for p, c, g in zip(norms.properties, norms.feature_class, norms.fine_grained, strict=True)
         for f in range(3)
     ]
-    store.write_parquet(f"decode/results/{model}/penultimate.parquet", pa.Table.from_pylist(rows))
-    store.write_json(f"decode/done/{model}/penultimate.json", {"rows": len(rows)})
+    return pa.Table.from_pylist(rows)
+
+
+#: The meta stage's embeddings planted by `plant_stage_outputs` (name -> kind), ``{model}`` filled in.
+PLANTED_META = {"{model}/penultimate": "penultimate", "{model}/svd": "svd", "{model}/1ton": "1ton"}
+
+
+def plant_stage_outputs(store, model: str, norms: Norms, seed: int = 0) -> None:
+    """Each stage's outputs in its own layout, with markers (decode, meta, mapping, similarity); run.json."""
+    from vsp.mapping.stage import UNIT_SCHEMA, Unit
+
+    rng = np.random.default_rng(seed)
+    _marked(
+        store,
+        f"decode/results/{model}/penultimate.parquet",
+        _decode_rows(model, "penultimate", norms, rng),
+        f"decode/done/{model}/penultimate.json",
+    )
     for name in ("figure1", "figure2"):
         store.write_bytes(f"decode/{name}.png", _png(name))
-    meta = [
-        {"embedding": emb, "model": model, "feature_class": c, "f1": float(rng.uniform(0.3, 0.7))}
-        for emb in ("svd_meta", "onetoN_meta")
-        for c in FEATURE_CLASSES
-    ]
-    store.write_parquet("meta/decodability.parquet", pa.Table.from_pylist(meta))
-    mp = []
-    for emb in (f"{model}/penultimate", f"svd_meta:{model}", "glove", f"{model}+glove"):
+    metas = {k.format(model=model): v for k, v in PLANTED_META.items()}
+    store.write_json("meta/manifest.json", {"identity": {}, "plan": [{"name": n} for n in metas]})
+    for emb, kind in metas.items():
+        vec = pa.table({"concept": norms.concepts, "vector": [[0.0]] * len(norms.concepts)})
+        info = {"name": emb, "kind": kind, "model": model, "text": False}
+        _marked(store, f"meta/embeddings/{emb}.parquet", vec, f"meta/done/{emb}.json", **info)
+        if kind != "penultimate":  # the decoding stage's row stands for the penultimate embedding
+            rows = _decode_rows(model, emb, norms, rng)
+            rows = rows.append_column("embedding", pa.array([emb] * rows.num_rows))
+            _marked(store, f"meta/decode/results/{emb}.parquet", rows, f"meta/decode/done/{emb}.json")
+    for emb in (f"{model}/penultimate", f"{model}/svd", "glove", f"{model}/penultimate+glove"):
         for m in ("knn", "ridge", "mlp"):
+            mp = []
             for f in range(2):
                 h = np.sort(rng.uniform(0, 100, 4))
                 mp.append(
@@ -102,9 +130,12 @@ def plant_stage_outputs(store, model: str, norms: Norms, seed: int = 0) -> None:
                         "hit10": h[2],
                         "hit20": h[3],
                         "params": "{}",
+                        "test_concepts": norms.concepts[3 * f : 3 * f + 3 + f],
+                        "ranks": [1] * (3 + f),
                     }
                 )
-    store.write_parquet("mapping/results.parquet", pa.Table.from_pylist(mp))
+            unit = Unit(emb, m, 0, 0, 2)
+            _marked(store, unit.result_path, pa.Table.from_pylist(mp, schema=UNIT_SCHEMA), unit.marker_path)
     sim = [
         {
             "embedding": emb,
@@ -113,10 +144,10 @@ def plant_stage_outputs(store, model: str, norms: Norms, seed: int = 0) -> None:
             "n_scored": n - 1,
             "spearman": float(rng.uniform(-1, 1)),
         }
-        for emb in (f"{model}/penultimate", f"svd_meta:{model}", "glove")
+        for emb in (f"{model}/penultimate", f"{model}/svd", "glove")
         for b, n in (("MEN", 104), ("SimLex-999", 48))
     ]
-    store.write_parquet("similarity/results.parquet", pa.Table.from_pylist(sim))
+    _marked(store, "similarity/table3.parquet", pa.Table.from_pylist(sim), "similarity/done/table3.json")
     store.write_json(
         "run.json",  # as vsp.runrecord.RunRecord writes it
         {
@@ -251,7 +282,9 @@ def test_sections_follow_the_stages_present(tmp_path):
     t2 = pd.read_csv(res.tables_dir / "table2.csv")
     assert len(t2) == 4 and "ridge_hit10" in t2.columns and not any(c.endswith("_paper") for c in t2.columns)
     assert list(t2["embedding"]).index("GloVe") == 2  # image rows, then text, then multimodal (paper order)
-    mp = st.read_parquet("mapping/results.parquet").to_pandas()
+    from vsp.mapping.stage import read_rows
+
+    mp = read_rows(st)
     g = mp[(mp.embedding == "glove") & (mp.mapper == "mlp")]
     assert t2.loc[t2.embedding == "GloVe", "mlp_hit5"].item() == pytest.approx(
         np.average(g.hit5, weights=g.n_test)
@@ -275,10 +308,10 @@ def test_paper_column_only_when_the_setup_matches(tmp_path):
     resnet = t1.loc["ResNet (resnet34/penultimate)"]
     assert resnet["taxonomic_paper"] == 61.56 and resnet["overall_paper"] == 44.05
     assert resnet["taxonomic_diff"] == pytest.approx(resnet["taxonomic"] - 61.56)
-    assert t1.loc["1ToN Meta ResNet (resnet34 onetoN_meta)", "functional_paper"] == 37.45
+    assert t1.loc["1ToN Meta ResNet (resnet34/1ton)", "functional_paper"] == 37.45
     t2 = pd.read_csv(res.tables_dir / "table2.csv").set_index("embedding")
     assert t2.loc["GloVe", "ridge_hit1_paper"] == 7.18
-    assert t2.loc["ResNet + GloVe (resnet34+glove)", "mlp_hit20_paper"] == 82.6
+    assert t2.loc["ResNet + GloVe (resnet34/penultimate+glove)", "mlp_hit20_paper"] == 82.6
     t3 = pd.read_csv(res.tables_dir / "table3.csv")
     assert t3.loc[t3.embedding.str.startswith("GloVe"), "SimLex-999_paper"].item() == 0.210
 
@@ -355,71 +388,80 @@ def test_canonical_embedding(name, hint, want):
     assert tuple(paper.canonical_embedding(name, hint)) == want
 
 
-def test_classify_and_normalise_tables():
-    wide = pd.DataFrame(
+def test_decodability_frame_is_the_grid_aggregation():
+    """Tables 1 and 4 are vsp.decode.grid.aggregate's class means (x100), the one per-class aggregation.
+
+    The decoding stage's penultimate layer is named <model>/penultimate, a meta embedding by its layer.
+    """
+    from vsp.decode.grid import aggregate
+
+    rows = pd.DataFrame(
         {
-            "embedding": ["svd"],
-            "model": ["vgg16"],
-            "Encyclopaedic": [0.3],
-            "Functional": [0.3],
-            "Taxonomic": [0.6],
-            "Visual_Perceptual": [0.5],
-            "Other Perceptual": [0.4],
+            "model": ["a"] * 4 + ["a"] * 2,
+            "layer": ["penultimate"] * 4 + ["a/svd"] * 2,
+            "layer_index": [3] * 4 + [0] * 2,
+            "property": ["p", "p", "q", "r", "p", "q"],
+            "feature_class": ["taxonomic", "taxonomic", "functional", "taxonomic", "taxonomic", "functional"],
+            "fine_grained": ["is"] * 6,
+            "fold": [0, 1, 0, 0, 0, 0],
+            "f1": [0.1, 0.3, 0.9, 0.6, 0.5, 0.7],
         }
     )
-    assert classify_table(wide) == "decodability"
-    frame = decodability_frame(wide, {c: 1 for c in FEATURE_CLASSES})
-    assert frame.index.tolist() == ["vgg16 svd"] and frame.loc["vgg16 svd", "taxonomic"] == pytest.approx(
-        60.0
+    frame = decodability_frame(rows)
+    assert sorted(frame.index) == ["a/penultimate", "a/svd"]
+    assert list(frame.columns) == list(paper.CLASS_COLUMNS)
+    agg = aggregate(rows).set_index(["layer", "grouping", "group"])["f1"]
+    for layer, name in (("penultimate", "a/penultimate"), ("a/svd", "a/svd")):
+        assert frame.loc[name, "taxonomic"] == agg[(layer, "feature_class", "taxonomic")] * 100.0
+        assert frame.loc[name, "overall"] == agg[(layer, "overall", "overall")] * 100.0
+    assert frame.loc["a/penultimate", "taxonomic"] == pytest.approx(40.0)  # (0.2 + 0.6) / 2: folds first
+    assert np.isnan(frame.loc["a/svd", "encyclopaedic"])
+    assert decodability_frame(rows.iloc[:0]).empty
+
+
+def test_report_reads_only_what_the_stages_markers_cover(tmp_path):
+    """A Parquet file without a marker (a stray table, an unfinished unit) is not read, whatever it holds."""
+    from vsp.mapping.stage import UNIT_SCHEMA, Unit
+
+    st = open_store(tmp_path / "store")
+    norms = synthetic_norms(10, 25)
+    write_features_manifest(st, "resnet18", "random", "random:0", norms.concepts)
+    plant_stage_outputs(st, "resnet18", norms)
+    out = tmp_path / "r.html"
+    before = {n: pd.read_csv(p) for n, p in ((p.stem, p) for p in write_report(st, out, norms=norms).csv)}
+    # stray tables, in the layouts the report used to classify by their columns
+    stray = pa.Table.from_pylist(
+        [{"embedding": "stray", "model": "resnet18", "feature_class": c, "f1": 0.99} for c in FEATURE_CLASSES]
     )
-    assert frame.loc["vgg16 svd", "overall"] == pytest.approx(42.0)
-    layers = pd.DataFrame(
-        {
-            "model": ["a", "a"],
-            "layer": ["conv1", "penultimate"],
-            "feature_class": ["taxonomic"] * 2,
-            "f1": [0.1, 0.9],
-        }
-    )
-    assert decodability_frame(layers).loc["a/penultimate", "taxonomic"] == pytest.approx(90.0)
-    # the decoding grid's layout reused for embeddings, per property and fold, and vsp.decode.grid.aggregate's
-    grid = pd.DataFrame(
-        {
-            "model": ["resnet34"] * 4,
-            "layer": ["svd_meta", "svd_meta", "onetoN", "conv1"],
-            "property": ["p", "q", "p", "p"],
-            "feature_class": ["taxonomic", "functional"] * 2,
-            "fold": [0] * 4,
-            "f1": [0.5, 0.7, 0.2, 0.9],
-        }
-    )
-    assert classify_table(grid) == "decodability"
-    frame = decodability_frame(grid)
-    assert frame.index.tolist() == ["resnet34 svd_meta", "resnet34 onetoN"]
-    assert frame.loc["resnet34 svd_meta", "overall"] == pytest.approx(60.0)
-    agg = pd.DataFrame(
-        {
-            "model": ["vgg16"] * 3,
-            "layer": ["penultimate"] * 3,
-            "grouping": ["feature_class", "fine_grained", "overall"],
-            "group": ["taxonomic", "colour", "overall"],
-            "f1": [0.4, 0.9, 0.3],
-        }
-    )
-    assert classify_table(agg) == "decodability"
-    frame = decodability_frame(agg)
-    assert frame.loc["vgg16/penultimate", "taxonomic"] == pytest.approx(40.0)
-    assert frame.loc["vgg16/penultimate", "overall"] == pytest.approx(30.0)
-    assert classify_table(pd.DataFrame({"embedding": ["x"], "mapper": ["knn"], "hit@1": [1.0]})) == "mapping"
-    assert (
-        classify_table(pd.DataFrame({"embedding": ["x"], "benchmark": ["MEN"], "spearman": [0.1]}))
-        == "similarity"
-    )
-    assert classify_table(pd.DataFrame({"a": [1]})) is None
+    st.write_parquet("meta/decodability_old.parquet", stray)
+    st.write_parquet("meta/decode/results/resnet18/stray.parquet", stray)  # no marker
+    hits = {"n_test": 3, "hit1": 99.0, "hit5": 99.0, "hit10": 99.0, "hit20": 99.0, "params": "{}"}
+    unit = Unit("glove", "knn", 0, 7, 8)  # a unit whose worker died before its marker
+    row = {"embedding": "glove", "mapper": "knn", "repeat": 0, "fold": 7, **hits, "test_concepts": ["c"]}
+    st.write_parquet(unit.result_path, pa.Table.from_pylist([row], schema=UNIT_SCHEMA))
+    st.write_parquet("mapping/results.parquet", pa.Table.from_pylist([{**row, "embedding": "stray"}]))
+    sim = [{"embedding": "stray", "benchmark": "MEN", "n_pairs": 9, "n_scored": 9, "spearman": 0.99}]
+    st.write_parquet("similarity/results.parquet", pa.Table.from_pylist(sim))
+    st.write_parquet(
+        "decode/results/resnet18/conv9.parquet",
+        st.read_parquet("decode/results/resnet18/penultimate.parquet").set_column(
+            1, "layer", pa.array(["penultimate"] * 75)
+        ),
+    )  # no marker
+    after = {p.stem: pd.read_csv(p) for p in write_report(st, out, norms=norms).csv}
+    assert before.keys() == after.keys() == {"table1", "table2", "table3", "table4"}
+    for name in before:
+        pd.testing.assert_frame_equal(before[name], after[name])
+    text = out.read_text(encoding="utf-8")
+    assert "stray" not in text and "99.00" not in text
+    # a marker that no longer proves its data (the Parquet rewritten) drops its rows too
+    st.write_parquet("similarity/table3.parquet", pa.Table.from_pylist(sim))
+    res = write_report(st, out, norms=norms)
+    assert res.sections["table3"] == "not run"
 
 
 def test_report_shows_recorded_and_generated_explanations(tmp_path, tmp_path_factory):
-    from tests.test_explain import tiny_norms, tiny_run_copy
+    from tests.report.test_explain import tiny_norms, tiny_run_copy
     from vsp.report.explain import explain_images, figure_bytes, save_example
 
     store, norms_path = tiny_run_copy(tmp_path_factory, tmp_path / "run")
@@ -500,7 +542,7 @@ def test_report_embeds_only_images_the_run_extracted(tmp_path, monkeypatch, capl
 def test_report_drops_a_crafted_image_from_the_explanations(tmp_path, tmp_path_factory, monkeypatch, caplog):
     from PIL import Image
 
-    from tests.test_explain import tiny_norms, tiny_run_copy
+    from tests.report.test_explain import tiny_norms, tiny_run_copy
 
     store, norms_path = tiny_run_copy(tmp_path_factory, tmp_path / "run")
     st, norms = open_store(store), tiny_norms(norms_path)
@@ -544,10 +586,11 @@ def test_table3_has_a_column_for_every_benchmark(tmp_path):
     rows.append(
         {"embedding": "glove", "benchmark": "garment-pairs", "n_pairs": 9, "n_scored": 8, "spearman": -0.25}
     )
-    st.write_parquet("similarity/table3.parquet", pa.Table.from_pylist(rows))
-    # a second table adds MEN for one embedding: merged per (embedding, benchmark), not dropped
-    men = [{"embedding": "glove", "benchmark": "men", "n_pairs": 104, "n_scored": 104, "spearman": 0.5}]
-    st.write_parquet("similarity/extra.parquet", pa.Table.from_pylist(men))
+    rows.append({"embedding": "glove", "benchmark": "men", "n_pairs": 104, "n_scored": 104, "spearman": 0.5})
+    _marked(st, "similarity/table3.parquet", pa.Table.from_pylist(rows), "similarity/done/table3.json")
+    # a table without a marker is not read
+    other = [{"embedding": "glove", "benchmark": "other-pairs", "n_pairs": 4, "n_scored": 4, "spearman": 0.1}]
+    st.write_parquet("similarity/extra.parquet", pa.Table.from_pylist(other))
     res = write_report(st, tmp_path / "r.html", norms=norms, explain_images=0)
     assert res.sections["table3"] == "ok"
     html = _section_html(res.path.read_text(encoding="utf-8"), "table3")
@@ -572,13 +615,13 @@ def test_source_lines_summarise_unit_files(tmp_path):
     norms = synthetic_norms(10, 25)
     write_features_manifest(st, "resnet18", "random", "random:0", norms.concepts)
     plant_stage_outputs(st, "resnet18", norms)
-    mp = st.read_parquet("mapping/results.parquet").to_pandas()
-    for i, ((e, m), g) in enumerate(mp.groupby(["embedding", "mapper"])):
-        st.write_parquet(f"mapping/units/{e.replace(':', '_')}/{m}/r0-{i}.parquet", pa.Table.from_pandas(g))
     res = write_report(st, tmp_path / "r.html", norms=norms, explain_images=0)
     text = res.path.read_text(encoding="utf-8")
     src = re.search(r'<p class="src">From ([^;]*);', _section_html(text, "table2")).group(1)
-    assert src == "mapping/results.parquet and 12 unit files under mapping/units/"
+    assert src == "12 unit files under mapping/units/"
+    src = re.search(r'<p class="src">From ([^;]*);', _section_html(text, "table4")).group(1)
+    want = "decode/results/resnet18/penultimate.parquet and 2 unit files under meta/decode/results/resnet18/"
+    assert src == want
     assert "mapping/units/glove" not in text
     assert sources_line(["a/b.parquet"]) == "a/b.parquet"
     assert sources_line(["a/b.parquet", "a/c.parquet", "a/u/x/1.parquet"]) == (
@@ -587,7 +630,7 @@ def test_source_lines_summarise_unit_files(tmp_path):
 
 
 def test_report_explanations_show_tap_index_and_module(tmp_path, tmp_path_factory):
-    from tests.test_explain import tiny_norms, tiny_run_copy
+    from tests.report.test_explain import tiny_norms, tiny_run_copy
     from vsp.report.explain import Explanation, LayerPrediction, figure_bytes, save_example
 
     store, norms_path = tiny_run_copy(tmp_path_factory, tmp_path / "run")

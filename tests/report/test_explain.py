@@ -1,4 +1,4 @@
-"""vsp.report.explain: ridge maps to the property space, layer resolution, per-image top-k, the figure, the CLI."""
+"""vsp.report.explain: ridge maps to property space, layer resolution, per-image top-k, figure, CLI."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def _planted_store(tmp_path: Path, n_concepts=30, per=3, C=6, P=8, seed=0):
     base = rng.uniform(0.1, 2.0, size=(n_concepts, C))
     layer = LayerInfo(model="m", name="l", index=0, kind="conv", channels=C)
     plan = FeaturePlan(
-        config=ExtractionConfig(models=("m",), unit_size=n_concepts),
+        config=ExtractionConfig(models=("m",), weights="random", unit_size=n_concepts),
         concepts=concepts,
         images={c: [f"/x/{c}_{j}.png" for j in range(per)] for c in concepts},
         layers=[layer],

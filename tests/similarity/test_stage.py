@@ -13,9 +13,9 @@ from vsp.data.synthetic import generate_world
 from vsp.data.text import concept_word_candidates
 from vsp.errors import ConfigMismatchError, VspInputError
 from vsp.io.store import open_store
-from vsp.meta.stage import MetaConfig, PaperCheck, run_meta_local
+from vsp.meta.stage import MetaConfig, run_meta_local
 from vsp.similarity.score import BENCHMARKS
-from vsp.similarity.stage import TABLE3, TABLE3_SCHEMA, run_similarity, table3_text, world_pairs
+from vsp.similarity.stage import TABLE3, TABLE3_SCHEMA, read_table3, run_similarity, table3_text, world_pairs
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,7 @@ def cslb_store(tmp_path_factory, cslb_path):
 def test_real_benchmarks_give_104_and_48_pairs(cslb_store, shared_data):
     store, norms = cslb_store
     benches = {b: shared_data / rel for b, rel in BENCHMARKS.items()}
-    check = PaperCheck(
-        images=False, text=True, image_reason="no images", text_reason="", text_source="random 8-d"
-    )
-    summary = run_similarity(store, benches, check)
+    summary = run_similarity(store, benches)
     assert summary.ran and summary.pairs == {"MEN": 104, "SimLex-999": 48}
     table = store.read_parquet(TABLE3)
     assert table.schema.equals(TABLE3_SCHEMA) and table.num_rows == 2
@@ -50,9 +47,10 @@ def test_real_benchmarks_give_104_and_48_pairs(cslb_store, shared_data):
     assert list(df["n_pairs"]) == [104, 48]
     assert (df["n_scored"] <= df["n_pairs"]).all() and (df["n_scored"] > 40).all()
     assert df["spearman"].between(-1, 1).all()
-    text = table3_text(store, check)
-    assert "[0.804]" in text and "[0.210]" in text  # the paper's GloVe row, for the text embedding
-    assert "spaCy" in text
+    text = table3_text(store)
+    assert f"({df['n_scored'][0]}/104)" in text and f"({df['n_scored'][1]}/48)" in text
+    assert "[" not in text and "paper" not in text  # the run's numbers only: the paper's are the report's
+    assert read_table3(store).equals(df)  # the stage's reader: Table 3 as its marker proves it
     pairs = store.read_parquet("similarity/pairs/MEN.parquet")
     assert pairs.num_rows == 104 and pairs.column_names == [
         "word1",
@@ -61,10 +59,10 @@ def test_real_benchmarks_give_104_and_48_pairs(cslb_store, shared_data):
         "concept2",
         "rating",
     ]
-    again = run_similarity(store, benches, check)
+    again = run_similarity(store, benches)
     assert not again.ran and "nothing to do" in again.line()
     with pytest.raises(ConfigMismatchError, match="benchmarks"):
-        run_similarity(store, {"MEN": benches["MEN"]}, check)
+        run_similarity(store, {"MEN": benches["MEN"]})
 
 
 def test_demo_world_pairs_and_too_few_benchmark_pairs(tmp_path):

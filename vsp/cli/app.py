@@ -239,3 +239,42 @@ class Progress:
     def close(self) -> None:
         """Close the bar (leaves the last state on screen)."""
         self.bar.close()
+
+
+# --- the per-stage commands: options -> a run-file dict -> the one runner (jobs.runner.run_pipeline) -------
+
+
+#: Options several commands share (one declaration each).
+Address = Annotated[
+    str | None,
+    typer.Option(help="Ray address: auto | HOST:6379 | ray://host:10001. Default: embedded local Ray."),
+]
+NoRay = Annotated[bool, typer.Option("--no-ray", help="Run in this process without Ray.")]
+FollowLinks = Annotated[
+    bool,
+    typer.Option(
+        "--follow-links", help="Use symlinks and manifest uris (..) that lead outside the image root."
+    ),
+]
+
+
+def run_stages(
+    doc: dict[str, Any],
+    stages: list[str] | None = None,
+    *,
+    address: str | None = None,
+    no_ray: bool = False,
+    source: str = "",
+    base_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """Run ``stages`` of the run file ``doc`` (its keys as in `vsp.config`) as `vsp run` does.
+
+    Relative paths resolve against ``base_dir`` (default: the working directory, where options are read).
+    Returns the configuration and each stage's recorded counts (``summary`` among them).
+    """
+    from jobs.runner import run_pipeline
+    from vsp.config import RunConfig
+
+    cfg = RunConfig.from_dict(doc, base_dir=base_dir if base_dir is not None else Path.cwd(), source=source)
+    record = run_pipeline(cfg, stages, address=address, no_ray=no_ray)
+    return cfg, dict(record.attempt.get("stage_counts", {}))

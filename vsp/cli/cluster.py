@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import app, check_store, check_weights, csv_list, fail, open_store_checked
+from vsp.cli.app import NoRay, app, check_store, check_weights, csv_list, fail, open_store_checked
 from vsp.errors import VspInputError
 
 JOBS_API = "http://127.0.0.1:8265"
@@ -34,7 +34,7 @@ def run_cmd(
     stages: Annotated[
         str | None, typer.Option(help="Comma-separated subset of the configuration's stages.")
     ] = None,
-    no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process without Ray.")] = False,
+    no_ray: NoRay = False,
 ) -> None:
     """Run the pipeline a configuration describes, with this process as the driver.
 

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import Progress, app, check_int, check_number, check_seed, check_store, csv_list
+from vsp.cli.app import (
+    Address,
+    NoRay,
+    app,
+    check_int,
+    check_number,
+    check_seed,
+    check_store,
+    csv_list,
+    run_stages,
+)
 
 
 @app.command()
@@ -26,57 +36,36 @@ def decode(
     min_pf: Annotated[float, typer.Option(help="Norms filter: production frequency >= N.")] = 5,
     min_concepts: Annotated[int, typer.Option(help="Norms filter: properties of >= N concepts.")] = 5,
     float64: Annotated[bool, typer.Option("--float64", help="Solve in float64 (default float32).")] = False,
-    address: Annotated[
-        str | None, typer.Option(help="Ray address: auto | ray://host:10001. Default: embedded.")
-    ] = None,
-    no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process without Ray.")] = False,
+    address: Address = None,
+    no_ray: NoRay = False,
 ) -> None:
     """Decode every property from every layer with class-weighted L2 logistic regression, F1 per fold.
 
     Example: vsp decode --store runs/r1 --norms ../shared/data/cslb/norms.dat --models resnet34
     """
-    from vsp.data.norms import load_cslb
-    from vsp.decode.stage import DecodeConfig
-
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
     check_int("--folds", folds, 2)
     check_seed("--seed", seed)
     check_number("--C", C, positive=True)
     check_number("--min-pf", min_pf, minimum=0)
     check_int("--min-concepts", min_concepts, 1)
-    config = DecodeConfig(
-        folds=folds,
-        seed=seed,
-        C=C,
-        dtype="float64" if float64 else "float32",
-        models=csv_list(models),
-    )
     check_store(store, must_exist=True)  # the features of `vsp extract` live there
-    summary = run_decode(
-        store, load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts), config, address, no_ray
-    )
-    typer.echo(summary.line())
+    chosen = csv_list(models)
+    doc = {
+        "store": store,
+        "norms": {"path": norms, "min_pf": min_pf, "min_concepts": min_concepts},
+        "stages": ["decode"],
+        "decode": {
+            "folds": folds,
+            "seed": seed,
+            "C": C,
+            "dtype": "float64" if float64 else "float32",
+            **({"models": list(chosen)} if chosen else {}),
+        },
+    }
+    _, counts = run_stages(doc, ["decode"], address=address, no_ray=no_ray, source="vsp decode")
+    typer.echo(counts["decode"]["summary"])
     print_summary_table(store)
-
-
-def run_decode(store: str, norms, config, address: str | None = None, no_ray: bool = False):
-    """Run the decoding grid with a progress bar, through Ray unless ``no_ray``."""
-    from vsp.io.store import open_store
-
-    progress = Progress("decode", "layer", "fits")
-    try:
-        if no_ray:
-            from vsp.decode.stage import run_decode_local
-
-            return run_decode_local(open_store(store), norms, config, progress=progress)
-        from cluster.decode import run_decode_ray
-        from cluster.runtime import init_ray
-
-        return run_decode_ray(  # Ray starts only when a layer is pending
-            open_store(store).uri, norms, config, progress=progress, connect=lambda: init_ray(address)
-        )
-    finally:
-        progress.close()
 
 
 def print_summary_table(store: str) -> None:

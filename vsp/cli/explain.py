@@ -90,9 +90,9 @@ def explain(
             raise VspInputError(f"--alpha: must be 'auto' or a number > 0, got {alpha!r}") from None
         check_number("--alpha", a, positive=True)
     if device == "auto":
-        import torch
+        from vsp.stage import pick_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = pick_device()
     st = open_store_checked(store, must_exist=True)  # the features of `vsp extract` live there
     norms_path = norms or norms_from_store(st)
     if norms_path is None:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated
 
 import typer
 
 from vsp.cli.app import (
     DEFAULT_MODELS,
-    Progress,
+    Address,
+    FollowLinks,
+    NoRay,
     app,
     check_int,
     check_seed,
     check_store,
     check_weights,
     csv_list,
+    run_stages,
 )
+from vsp.errors import VspInputError
 
 
 def layers_arg(layers: str) -> str | tuple[str, ...]:
@@ -57,16 +60,9 @@ def extract(
     norms: Annotated[
         str | None, typer.Option("--norms", help="Keep only concepts present in these norms.")
     ] = None,
-    address: Annotated[
-        str | None, typer.Option(help="Ray address: auto | ray://host:10001. Default: embedded local Ray.")
-    ] = None,
-    no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process without Ray.")] = False,
-    follow_links: Annotated[
-        bool,
-        typer.Option(
-            "--follow-links", help="Use symlinks and manifest uris (..) that lead outside the image root."
-        ),
-    ] = False,
+    address: Address = None,
+    no_ray: NoRay = False,
+    follow_links: FollowLinks = False,
 ) -> None:
     """Extract pooled features of every tapped layer of every network, one forward pass per batch.
 
@@ -74,59 +70,35 @@ def extract(
 
     Post-BatchNorm, post-ReLU values: vsp extract --images photos/ --store runs/r2 --activation relu
     """
-    from vsp.data.images import build_manifest
-    from vsp.extract.features import ExtractionConfig
-
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
     check_int("--batch-size", batch_size, 1)
     check_int("--unit-size", unit_size, 1)
     check_seed("--seed", seed, weights=True)
-    config = ExtractionConfig(
-        models=csv_list(models) or (),
-        layers=layers_arg(layers),
-        weights=check_weights("--weights", weights),
-        seed=seed,
-        pooling=pooling,
-        unit_size=unit_size,
-        activation=activation,
-    )
-    check_store(store)
-    records = build_manifest(images, follow_links=follow_links)
-    concepts = None
+    if pooling not in ("max", "mean"):
+        raise VspInputError(f"--pooling: pooling must be 'max' or 'mean', got {pooling!r}")
+    if activation not in ("conv", "bn", "relu"):
+        raise VspInputError(f"--activation: activation must be 'conv', 'bn' or 'relu', got {activation!r}")
+    names = csv_list(models)
+    if not names:
+        raise VspInputError(f"--models: name at least one torchvision model, got {models!r}")
+    chosen = layers_arg(layers)
+    doc = {
+        "store": check_store(store),
+        "images": images,
+        "stages": ["extract"],
+        "extract": {
+            "models": list(names),
+            "layers": chosen if isinstance(chosen, str) else list(chosen),
+            "weights": check_weights("--weights", weights),
+            "seed": seed,
+            "pooling": pooling,
+            "activation": activation,
+            "unit_size": unit_size,
+            "batch_size": batch_size,
+            "follow_links": follow_links,
+        },
+    }
     if norms:
-        from vsp.data.norms import load_cslb
-
-        concepts = load_cslb(norms).concepts
-    summary = run_extract(store, records, config, concepts, batch_size, address, no_ray)
-    typer.echo(summary.line())
-
-
-def run_extract(
-    store: str,
-    records: Sequence,
-    config,
-    concepts=None,
-    batch_size: int = 32,
-    address: str | None = None,
-    no_ray: bool = False,
-):
-    """Run extraction with a progress bar, through Ray unless ``no_ray`` (shared by `extract` and `demo`)."""
-    from vsp.io.store import open_store
-
-    progress = Progress("extract", "unit", "images")
-    try:
-        if no_ray:
-            from vsp.extract.stage import run_extraction_local
-
-            return run_extraction_local(
-                open_store(store), records, config, concepts, batch_size=batch_size, progress=progress
-            )
-        from cluster.extract import run_extraction_ray
-        from cluster.runtime import init_ray
-
-        return run_extraction_ray(
-            open_store(store).uri, records, config, concepts, batch_size=batch_size, progress=progress,
-            connect=lambda: init_ray(address),  # only when a unit is pending: a no-op rerun starts no Ray
-        )  # fmt: skip
-    finally:
-        progress.close()
+        doc["norms"] = norms
+    _, counts = run_stages(doc, ["extract"], address=address, no_ray=no_ray, source="vsp extract")
+    typer.echo(counts["extract"]["summary"])

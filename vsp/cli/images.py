@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import images_app
+from vsp.cli.app import FollowLinks, images_app
 
 
 @images_app.command("validate")
@@ -22,12 +22,7 @@ def images_validate(
         str | None, typer.Option("--norms", help="Norms file: report concepts missing on either side.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    follow_links: Annotated[
-        bool,
-        typer.Option(
-            "--follow-links", help="Use symlinks and manifest uris (..) that lead outside the image root."
-        ),
-    ] = False,
+    follow_links: FollowLinks = False,
 ) -> None:
     """Check that every image decodes and that image concepts match the norms; exit 1 on problems.
 

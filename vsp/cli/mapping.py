@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from vsp.cli.app import (
-    Progress,
+    Address,
+    NoRay,
     app,
     check_choice,
     check_int,
@@ -15,6 +16,7 @@ from vsp.cli.app import (
     check_seed,
     check_store,
     csv_list,
+    run_stages,
 )
 
 
@@ -62,10 +64,8 @@ def map_(
     ] = "all",
     min_pf: Annotated[float, typer.Option(help="Norms filter: production frequency >= N.")] = 5,
     min_concepts: Annotated[int, typer.Option(help="Norms filter: properties of >= N concepts.")] = 5,
-    address: Annotated[
-        str | None, typer.Option(help="Ray address: auto | ray://host:10001. Default: embedded.")
-    ] = None,
-    no_ray: Annotated[bool, typer.Option("--no-ray", help="Run in this process without Ray.")] = False,
+    address: Address = None,
+    no_ray: NoRay = False,
 ) -> None:
     """Map every embedding to the PF property vectors with kNN / ridge / MLP; Hit@1/5/10/20 (Table 2).
 
@@ -77,9 +77,6 @@ def map_(
 
       vsp map --store runs/glove --norms ../shared/data/cslb/norms.dat --mappers knn,ridge --repeats 1
     """
-    from vsp.data.norms import load_cslb
-    from vsp.mapping.stage import MappingConfig
-
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
     check_int("--repeats", repeats, 1)
     check_int("--folds", folds, 2)
@@ -102,98 +99,45 @@ def map_(
         decay = option == "--mlp-wd"  # weight decay may be 0; learning rates and alphas must be > 0
         for v in values or ():
             check_number(option, v, positive=not decay, minimum=0 if decay else None)
-    config = MappingConfig(
-        embeddings=csv_list(embeddings),
-        mappers=csv_list(mappers) or (),
-        repeats=repeats,
-        folds=folds,
-        seed=seed,
-        candidates=candidates,
-        inner_folds=inner_folds,
-        mlp_epochs=epochs,
-        mlp_lr=grids["--mlp-lr"],
-        mlp_weight_decay=grids["--mlp-wd"],
-        ridge_alphas=grids["--ridge-alphas"],
-        folds_per_task=folds_per_task,
-        meta_fit=meta_fit,
-    )
-    nm = load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts)
+    from vsp.mapping.mappers import MAPPERS
+
+    chosen_mappers = csv_list(mappers) or ()
+    for m in chosen_mappers or ("",):
+        check_choice("--mappers", m, MAPPERS)
+    section: dict = {
+        "mappers": list(chosen_mappers),
+        "repeats": repeats,
+        "folds": folds,
+        "seed": seed,
+        "candidates": candidates,
+        "inner_folds": inner_folds,
+        "folds_per_task": folds_per_task,
+        "meta_fit": meta_fit,
+    }
+    optional = {
+        "embeddings": csv_list(embeddings),
+        "mlp_epochs": epochs,
+        "mlp_lr": grids["--mlp-lr"],
+        "mlp_wd": grids["--mlp-wd"],
+        "ridge_alphas": grids["--ridge-alphas"],
+    }
+    section.update({key: list(v) for key, v in optional.items() if v})
     check_store(store, must_exist=True)  # the embeddings of `vsp meta` live there
-    for line in run_map(store, nm, config, address, no_ray):
+    doc = {
+        "store": store,
+        "norms": {"path": norms, "min_pf": min_pf, "min_concepts": min_concepts},
+        "stages": ["map"],
+        "map": section,
+    }
+    _, counts = run_stages(doc, ["map"], address=address, no_ray=no_ray, source="vsp map")
+    for line in map_lines(store, counts["map"]):
         typer.echo(line)
 
 
-def run_map(store: str, norms, config, address: str | None = None, no_ray: bool = False) -> list[str]:
-    """Run the mapping grid with a progress bar, through Ray unless ``no_ray``; the lines to print."""
+def map_lines(store: str, counts: dict) -> list[str]:
+    """What `vsp map` prints from the stage's recorded counts and the store: its summary and Table 2."""
     from vsp.io.store import open_store
     from vsp.mapping.stage import TABLE2_TXT
-    from vsp.meta.stage import paper_check
 
-    st = open_store(store)
-    check = paper_check(st, norms)
-    progress = Progress("map", "unit", "folds")
-    try:
-        if no_ray:
-            import torch
-
-            from vsp.mapping.stage import run_mapping_local
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            summary = run_mapping_local(st, norms, config, device=device, check=check, progress=progress)
-        else:
-            from cluster.mapping import run_mapping_ray
-            from cluster.runtime import init_ray
-
-            summary = run_mapping_ray(  # Ray starts only when a unit is pending
-                st.uri, norms, config, check=check, progress=progress, connect=lambda: init_ray(address)
-            )
-    finally:
-        progress.close()
-    return [summary.line(), st.read_bytes(TABLE2_TXT).decode("utf-8").rstrip("\n")]
-
-
-def run_demo_steps(out, store: str, world, norms, models, seed: int = 0, no_ray: bool = False) -> None:
-    """The demo's meta, map and similarity steps (called by `vsp demo` after the decoding step).
-
-    Lighter than the paper's setup, and says so: the mapping covers the paper's Table 2 rows (one network's
-    penultimate / SVD / 1ToN, the text vectors, and their multimodal versions) with 1 x 5-fold CV and a fixed
-    MLP (no inner search); the text vectors are the demo world's SYNTHETIC ones; the similarity pairs are
-    SYNTHETIC ratings from the world's generating attributes (plus MEN / SimLex-999 when the shared data is
-    there: the demo's concept names form almost no pair of them).
-    """
-    from vsp.cli.meta import run_meta
-    from vsp.cli.similarity import run_sim
-    from vsp.decode.stage import DecodeConfig
-    from vsp.mapping.stage import MappingConfig
-    from vsp.meta.stage import MetaConfig
-    from vsp.similarity.stage import default_benchmarks, world_pairs
-
-    typer.echo(f"[meta] text vectors: {world.text_vectors_path} (synthetic, 50-d; not GloVe)")
-    cfg = MetaConfig(text=str(world.text_vectors_path), seed=seed)
-    for line in run_meta(store, cfg, norms, DecodeConfig(seed=seed), threads=1):
-        typer.echo(line)
-    net = "resnet34" if "resnet34" in models else models[0]
-    mcfg = MappingConfig(
-        embeddings=(f"{net}/*", "text"),
-        repeats=1,
-        folds=5,
-        seed=seed,
-        mlp_epochs=(200,),
-        mlp_lr=(1e-3,),
-        mlp_weight_decay=(0.0,),
-    )
-    typer.echo(
-        f"[map] demo grid (lighter than the paper's 5 x 10-fold CV): {net}/* and text embeddings, "
-        "1 x 5-fold CV, MLP fixed at lr 1e-3, weight decay 0, 200 epochs (no inner search); kNN k=5; "
-        "ridge alpha by inner 5-fold CV"
-    )
-    for line in run_map(store, norms, mcfg, no_ray=no_ray):
-        typer.echo(line)
-    pairs_path = world_pairs(world.spec_path, world.norms_path.parent / "pairs.txt")
-    benches = {"demo-pairs": str(pairs_path), **{k: str(v) for k, v in default_benchmarks().items()}}
-    typer.echo(
-        f"[similarity] demo-pairs = SYNTHETIC ratings from the world's attributes ({pairs_path}); "
-        + ("MEN / SimLex-999 from the shared data" if len(benches) > 1 else "MEN / SimLex-999 not found")
-    )
-    for line in run_sim(store, benches, norms):
-        typer.echo(line)
+    table = open_store(store).read_bytes(TABLE2_TXT).decode("utf-8").rstrip("\n")
+    return [counts["summary"], table]

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from vsp.cli.app import (
-    Progress,
     app,
     check_choice,
     check_int,
@@ -15,6 +14,7 @@ from vsp.cli.app import (
     check_seed,
     check_store,
     csv_list,
+    run_stages,
 )
 
 
@@ -56,6 +56,13 @@ def meta(
     min_pf: Annotated[float, typer.Option(help="Norms filter: production frequency >= N.")] = 5,
     min_concepts: Annotated[int, typer.Option(help="Norms filter: properties of >= N concepts.")] = 5,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray address (auto | HOST:6379 | ray://host:10001): run the stage there as one task, on a "
+            "GPU when the cluster has one. Default: in this process."
+        ),
+    ] = None,
 ) -> None:
     """Build and store every embedding, then (with --norms) decode every property from each (Tables 1, 4).
 
@@ -66,9 +73,7 @@ def meta(
 
       vsp meta --store runs/glove --text glove --norms ../shared/data/cslb/norms.dat   # text-only store
     """
-    from vsp.data.norms import load_cslb
-    from vsp.decode.stage import DecodeConfig
-    from vsp.meta.stage import MetaConfig
+    from vsp.io.store import open_store
 
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
     check_int("--dim", dim, 1)
@@ -82,56 +87,43 @@ def meta(
     check_int("--min-concepts", min_concepts, 1)
     if threads is not None:
         check_int("--threads", threads, 1)
-    config = MetaConfig(
-        models=csv_list(models),
-        kinds=csv_list(kinds) or (),
-        dim=dim,
-        k=k,
-        seed=seed,
-        text=None if text.lower() == "none" else text,
-        multimodal=multimodal,
-        onetoN_epochs=onetoN_epochs,
-        onetoN_weighting=onetoN_weighting,
-    )
-    nm = load_cslb(norms, min_pf=min_pf, min_concepts=min_concepts) if norms else None
-    check_store(store)  # may be new: a text-only store
-    for line in run_meta(store, config, nm, DecodeConfig(folds=folds, seed=seed, C=C), threads):
+    chosen_kinds = csv_list(kinds) or ()
+    for kind in chosen_kinds or ("",):
+        check_choice("--kinds", kind, KINDS)
+    chosen = csv_list(models)
+    section = {
+        **({"models": list(chosen)} if chosen else {}),
+        "kinds": list(chosen_kinds),
+        "dim": dim,
+        "k": k,
+        "seed": seed,
+        "text": text,
+        "multimodal": multimodal,
+        "onetoN_epochs": onetoN_epochs,
+        "onetoN_weighting": onetoN_weighting,
+        "folds": folds,
+        "C": C,
+        **({"threads": threads} if threads is not None else {}),
+    }
+    doc = {"store": check_store(store), "stages": ["meta"], "meta": section}  # may be new: a text-only store
+    if norms:
+        doc["norms"] = {"path": norms, "min_pf": min_pf, "min_concepts": min_concepts}
+    _, counts = run_stages(doc, ["meta"], address=address, no_ray=address is None, source="vsp meta")
+    for line in meta_lines(open_store(store), counts["meta"], with_norms=bool(norms)):
         typer.echo(line)
 
 
-def run_meta(store: str, config, norms=None, decode_config=None, threads: int | None = None) -> list[str]:
-    """Build the embeddings and (with norms) their decodability; the lines to print."""
-    import torch
+#: The image embeddings `--kinds` may name.
+KINDS = ("penultimate", "svd", "1ton")
 
-    from vsp.io.store import open_store
-    from vsp.meta.stage import (
-        DECODABILITY_TXT,
-        decodability_table,
-        describe,
-        paper_check,
-        run_decodability_local,
-        run_meta_local,
-        write_text,
-    )
 
-    st = open_store(store)
-    progress = Progress("meta", "embedding", "embeddings")
-    try:
-        summary = run_meta_local(st, config, norms, progress=progress, threads=threads)
-    finally:
-        progress.close()
-    lines = [summary.line(), describe(st)]
-    if norms is None:
+def meta_lines(store, counts: dict, with_norms: bool) -> list[str]:
+    """What `vsp meta` prints from the recorded counts and the store: summary, embeddings, Tables 1/4."""
+    from vsp.meta.stage import DECODABILITY_TXT, describe
+
+    lines = [counts["summary"], describe(store)]
+    if not with_norms:
         lines.append("decodability: skipped (pass --norms to decode properties from every embedding)")
         return lines
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    progress = Progress("decodability", "embedding", "fits")
-    try:
-        dec = run_decodability_local(
-            st, norms, decode_config, device=device, progress=progress, threads=threads
-        )
-    finally:
-        progress.close()
-    table = decodability_table(st, paper_check(st, norms))
-    write_text(st, DECODABILITY_TXT, table)
-    return [*lines, dec.line(), table]
+    table = store.read_bytes(DECODABILITY_TXT).decode("utf-8").rstrip("\n")
+    return [*lines, counts["decodability"], table]

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import app, check_choice, check_int, check_number, open_store_checked
+from vsp.cli.app import app, check_choice, check_int, check_number, check_store, run_stages
+from vsp.errors import VspInputError
 
 
 @app.command()
@@ -40,27 +41,28 @@ def report(
 
     Example: vsp report --store runs/r1 --out runs/r1-report.html --norms ../shared/data/cslb/norms.dat
     """
-    from vsp.report.build import write_report
-
     # errors (bad input 2, storage 4) become one line in vsp.cli.app
     check_number("--min-pf", min_pf, minimum=0)
     check_int("--min-concepts", min_concepts, 1)
     check_int("--explain-images", explain_images, 0)
     check_int("--top", top, 1)
     check_choice("--device", device, ("cpu", "cuda"))
-    st = open_store_checked(store, read_only=True)  # a report reads the run: it never creates the store
-    result = write_report(
-        st,
-        out,
-        norms=norms,
-        min_pf=min_pf,
-        min_concepts=min_concepts,
-        explain_images=explain_images,
-        explain_model=model,
-        explain_layers=layers,
-        top=top,
-        device=device,
-    )
-    for sid, status in result.sections.items():
-        typer.echo(f"  {sid:<8} {status}")
-    typer.echo(result.line())
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise VspInputError(f"--out {out}: the report is an .html file")
+    check_store(store, must_exist=True)  # a report reads the run: it never creates the store
+    section: dict = {"out": str(out), "explain_images": explain_images, "top": top, "device": device}
+    if model:
+        section["model"] = model
+    if layers is not None:
+        section["layers"] = layers
+    doc: dict = {"store": store, "stages": ["report"], "report": section}
+    if norms:
+        doc["norms"] = {"path": norms, "min_pf": min_pf, "min_concepts": min_concepts}
+    _, counts = run_stages(doc, ["report"], no_ray=True, source="vsp report")
+    for line in report_lines(counts["report"]):
+        typer.echo(line)
+
+
+def report_lines(counts: dict) -> list[str]:
+    """What `vsp report` prints from the stage's recorded counts: each section's status, then its summary."""
+    return [*(f"  {sid:<8} {status}" for sid, status in counts["sections"].items()), counts["summary"]]

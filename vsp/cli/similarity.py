@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vsp.cli.app import app, check_store, csv_list, fail
+from vsp.cli.app import app, check_store, csv_list, fail, run_stages
 
 
 @app.command()
@@ -44,35 +44,39 @@ def similarity(
 
       vsp similarity --store demo-run/store --pairs demo=demo-run/world/pairs.txt
     """
-    from vsp.data.norms import load_cslb
-
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
-    benches: dict[str, str] = {}
-    if men:
-        benches["MEN"] = men
-    if simlex:
-        benches["SimLex-999"] = simlex
+    extra: dict[str, str] = {}
     for p in pairs or []:
         name, _, path = p.partition("=") if "=" in p else (Path(p).stem, "", p)
-        benches[name] = path
-    if not benches:
+        extra[name] = path
+    if not (men or simlex or extra):
         from vsp.similarity.stage import default_benchmarks
 
-        benches = {k: str(v) for k, v in default_benchmarks().items()}
-        if not benches:
+        if not default_benchmarks():
             fail("no benchmark files: pass --men / --simlex / --pairs, or set VSP_SHARED_DATA")
-    nm = load_cslb(norms) if norms else None
+    section: dict = {}
+    if men:
+        section["men"] = men
+    if simlex:
+        section["simlex"] = simlex
+    if extra:
+        section["pairs"] = extra
+    chosen = csv_list(embeddings)
+    if chosen:
+        section["embeddings"] = list(chosen)
     check_store(store, must_exist=True)  # the embeddings of `vsp meta` live there
-    for line in run_sim(store, benches, nm, csv_list(embeddings)):
+    doc: dict = {"store": store, "stages": ["similarity"], "similarity": section}
+    if norms:
+        doc["norms"] = norms
+    _, counts = run_stages(doc, ["similarity"], no_ray=True, source="vsp similarity")
+    for line in similarity_lines(store, counts["similarity"]):
         typer.echo(line)
 
 
-def run_sim(store: str, benchmarks: dict, norms=None, patterns: list[str] | None = None) -> list[str]:
-    """Score every embedding on the benchmarks; the lines to print."""
+def similarity_lines(store: str, counts: dict) -> list[str]:
+    """What `vsp similarity` prints from the recorded counts and the store: its summary and Table 3."""
     from vsp.io.store import open_store
-    from vsp.meta.stage import paper_check
-    from vsp.similarity.stage import TABLE3_TXT, run_similarity
+    from vsp.similarity.stage import TABLE3_TXT
 
-    st = open_store(store)
-    summary = run_similarity(st, benchmarks, paper_check(st, norms), patterns)
-    return [summary.line(), st.read_bytes(TABLE3_TXT).decode("utf-8").rstrip("\n")]
+    table = open_store(store).read_bytes(TABLE3_TXT).decode("utf-8").rstrip("\n")
+    return [counts["summary"], table]

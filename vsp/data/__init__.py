@@ -1,2 +1,5 @@
-"""Inputs of a run: CSLB/McRae norms, concept names -> words, benchmark pairs, images, word vectors, and
-the generated demo world."""
+"""Inputs of a run: norms, concept names, benchmark pairs, images, word vectors, the generated demo world.
+
+`norms` (CSLB / McRae), `concepts` (concept name -> word), `benchmarks` (MEN / SimLex-999 pairs matched to
+concepts), `images`, `text` (word vectors) and `synthetic` (the demo world).
+"""

@@ -45,7 +45,6 @@ import io
 import logging
 import os
 import re
-import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -238,13 +237,9 @@ def _read_table(src: str):
     import pandas as pd
     import pyarrow.parquet as pq
 
-    if _is_s3(src):
-        data = read_uri_bytes(src)
-    else:
-        path = Path(src)
-        if not path.is_file():
-            raise VspInputError(f"image manifest {src!r} does not exist")
-        data = path.read_bytes()
+    if not _is_s3(src) and not Path(src).is_file():
+        raise VspInputError(f"image manifest {src!r} does not exist")
+    data = read_uri_bytes(src)
     try:
         if src.lower().endswith(".csv"):
             return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
@@ -342,34 +337,18 @@ def _resolve_uri(
 
 
 # ----------------------------------------------------------------------------------------------- reading
-@lru_cache(maxsize=64)
-def _store_for(prefix: str):
-    from vsp.io.store import open_store
-
-    return open_store(prefix)
-
-
 def read_uri_bytes(uri: str | os.PathLike) -> bytes:
-    """The bytes of a local file or an ``s3://`` object; ``FileNotFoundError`` names the uri.
+    """The bytes of a local image file or an ``s3://`` object (`vsp.io.store.read_uri`); errors name the uri.
 
     A local path that is not a regular file (a folder, a device such as ``/dev/zero``, a pipe, a socket) is
     refused before it is opened: reading one would never end, or block.
     """
-    uri = os.fspath(uri)
-    if _is_s3(uri):
-        bucket, _, key = uri[len("s3://") :].partition("/")
-        if not bucket or not key or key.endswith("/"):
-            raise VspInputError(f"{uri!r} is not an S3 object URI (expected s3://bucket/key)")
-        return _store_for(f"s3://{bucket}").read_bytes(key)  # one store (one client) per bucket
+    from vsp.io.store import read_uri  # imported lazily: the store pulls in pyarrow
+
     try:
-        mode = os.stat(uri).st_mode
-        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-            raise VspInputError(f"{uri}: not a regular file (a device, pipe or socket); remove it")
-        return Path(uri).read_bytes()
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"image file {uri!r} does not exist") from exc
+        return read_uri(uri)
     except IsADirectoryError as exc:
-        raise VspInputError(f"image path {uri!r} is a folder, not an image file") from exc
+        raise VspInputError(f"image path {os.fspath(uri)!r} is a folder, not an image file") from exc
 
 
 def max_image_pixels(max_pixels: int | None = None) -> int:

@@ -70,6 +70,7 @@ property's majority ``BR_Label`` is ``visual-colour``; ``shape/size`` when a vis
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -78,12 +79,12 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vsp.errors import VspInputError
+from vsp.io.store import read_uri
 
 log = logging.getLogger(__name__)
 
@@ -352,12 +353,13 @@ VocabularyLike = str | os.PathLike | Iterable[str] | None
 
 
 def load_vocabulary(path: str | os.PathLike) -> frozenset[str]:
-    """Property names from a text file (local path or fsspec URI): one per line, UTF-8.
+    """Property names from a text file (local path or ``s3://`` URI): one per line, UTF-8.
 
     Blank lines and lines starting with ``#`` are skipped; names are compared as :func:`property_key` says.
     An empty file raises :class:`~vsp.errors.VspInputError`.
     """
-    source, data = _read_bytes(path)
+    source = os.fspath(path)
+    data = read_uri(source)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -542,16 +544,6 @@ def _build(
 # ----------------------------------------------------------------------------------------------- CSLB
 
 
-def _read_bytes(path: str | os.PathLike) -> tuple[str, bytes]:
-    source = os.fspath(path)
-    if "://" in source:
-        import fsspec
-
-        with fsspec.open(source, "rb") as fh:
-            return source, fh.read()
-    return source, Path(source).read_bytes()
-
-
 def _text_lines(source: str, data: bytes) -> list[str]:
     """Split into lines at LF (a CR before the LF is dropped); lone CRs stay inside their field."""
     try:
@@ -614,7 +606,7 @@ def load_cslb(
     """Load CSLB ``norms.dat`` and filter it (see the module docstring for every rule).
 
     Args:
-        path: local path or fsspec URI (``s3://...``) of a CSLB-format ``norms.dat``.
+        path: local path or ``s3://bucket/key`` URI of a CSLB-format ``norms.dat``.
         min_pf: keep (concept, property) pairs with production frequency >= this.
         min_concepts: then keep properties that occur for >= this many concepts.
         colour_vocabulary: the visual perceptual properties of fine-grained type ``colour``: a file (one
@@ -629,7 +621,8 @@ def load_cslb(
     """
     _check_thresholds(min_pf, min_concepts)
     colours, shapes, colour_src, shape_src = _vocabularies(colour_vocabulary, shape_vocabulary)
-    source, data = _read_bytes(path)
+    source = os.fspath(path)
+    data = read_uri(source)
     lines = _text_lines(source, data)
     if not any(ln.strip() for ln in lines):
         raise VspInputError(
@@ -702,14 +695,8 @@ def _load_mcrae(path: str | os.PathLike, min_pf: float, min_concepts: int) -> No
 
     source = os.fspath(path)
     try:
-        if "://" in source:
-            import io
-
-            _, data = _read_bytes(source)
-            wb = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-        else:
-            wb = openpyxl.load_workbook(source, read_only=True, data_only=True)
-    except FileNotFoundError:
+        wb = openpyxl.load_workbook(io.BytesIO(read_uri(source)), read_only=True, data_only=True)
+    except (FileNotFoundError, VspInputError):
         raise
     except Exception as exc:  # openpyxl raises zipfile / KeyError / InvalidFileException on bad files
         raise VspInputError(f"{source}: not a readable .xlsx workbook ({exc})") from exc

@@ -4,8 +4,8 @@ Word vectors come from the GloVe / word2vec text formats or from the ``kumo-glov
 
 Concept-to-word mapping (`concept_vectors`), tried in this order for each CSLB concept name:
 
-1. ``exact``: the name with its sense suffix dropped (``bat_(animal)`` -> ``bat``; via `vsp.data.concepts.to_word`)
-   looked up as it is, then lowercased.
+1. ``exact``: the name with its sense suffix dropped (``bat_(animal)`` -> ``bat``; via
+   `vsp.data.concepts.to_word`) looked up as it is, then lowercased.
 2. ``phrase``: for a multiword name (``coffee_machine``), the phrase joined with ``_``, then ``-``, then a
    space (``coffee_machine``, ``coffee-machine``, ``coffee machine``), as written and lowercased.
    word2vec-style phrase vocabularies use ``_``; GloVe 6B has some hyphenated compounds (``ice-cream``).
@@ -24,16 +24,19 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from vsp.data.concepts import to_word
 from vsp.errors import VspInputError
+from vsp.io.store import open_uri
+from vsp.linalg import l2_rows
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +101,9 @@ class WordVectors:
         return None if i is None else self.matrix[i]
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+def _text_stream(raw: BinaryIO, gz: bool) -> io.TextIOWrapper:
+    """UTF-8 text (bad bytes replaced, universal newlines) over a binary stream, gunzipped if ``gz``."""
+    return io.TextIOWrapper(gzip.GzipFile(fileobj=raw) if gz else raw, encoding="utf-8", errors="replace")
 
 
 def load_word_vectors(path: str | Path, vocab: Iterable[str] | None = None) -> WordVectors:
@@ -113,15 +115,16 @@ def load_word_vectors(path: str | Path, vocab: Iterable[str] | None = None) -> W
     occurs twice the first occurrence is kept.
 
     Args:
-        path: the text file.
+        path: the text file: a local path or an ``s3://bucket/key`` URI (`vsp.io.store.open_uri`).
         vocab: if given, keep only these words; the file is streamed and other lines are not parsed, so a
             multi-GB file costs one pass and memory for the kept vectors only.
 
     Raises:
         VspInputError: a line with the wrong number of fields or a non-numeric value (names file and line).
     """
-    path = Path(path)
-    if not path.is_file():
+    source = os.fspath(path)
+    path = source if source.startswith("s3://") else Path(source)
+    if isinstance(path, Path) and not path.is_file():
         raise VspInputError(f"word-vector file not found: {path}")
     keep = None if vocab is None else set(vocab)
     words: list[str] = []
@@ -129,7 +132,11 @@ def load_word_vectors(path: str | Path, vocab: Iterable[str] | None = None) -> W
     seen: set[str] = set()
     dim: int | None = None
     declared_n: int | None = None
-    with _open_text(path) as fh:
+    try:
+        raw = open_uri(path)
+    except FileNotFoundError as e:
+        raise VspInputError(f"word-vector file not found: {path}") from e
+    with raw, _text_stream(raw, PurePosixPath(source).suffix == ".gz") as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.rstrip("\r\n").rstrip(" ")
             if not line:
@@ -373,11 +380,6 @@ def _as_pair(x: Any, what: str) -> tuple[list[str], np.ndarray]:
     return list(concepts), matrix
 
 
-def _l2(m: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(m, axis=1, keepdims=True)
-    return m / np.where(norms > 0, norms, 1.0)
-
-
 def multimodal(text: Any, image: Any) -> tuple[list[str], np.ndarray]:
     """Text + image concept vectors: ``[text / |text|, image / |image|]`` for concepts present in both.
 
@@ -393,6 +395,6 @@ def multimodal(text: Any, image: Any) -> tuple[list[str], np.ndarray]:
     if dropped:
         log.info("multimodal: %d concepts in both, %d dropped (in only one)", len(both), dropped)
     tpos = {c: i for i, c in enumerate(tc)}
-    t = _l2(tm[[tpos[c] for c in both]].astype(np.float64))
-    i = _l2(im[[ipos[c] for c in both]].astype(np.float64))
+    t = l2_rows(tm[[tpos[c] for c in both]].astype(np.float64))
+    i = l2_rows(im[[ipos[c] for c in both]].astype(np.float64))
     return both, np.hstack([t, i]).astype(np.float32)

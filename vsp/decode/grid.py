@@ -164,6 +164,9 @@ def _frame(table: pa.Table | pd.DataFrame) -> pd.DataFrame:
 def aggregate(table: pa.Table | pd.DataFrame) -> pd.DataFrame:
     """Mean F1 per (model, layer) and feature class / fine-grained type / all properties.
 
+    The one per-class aggregation: the decoding stage's summary, the meta stage's decodability table
+    (`vsp.meta.stage.aggregate_decodability`) and the report's Tables 1 and 4 all come from here.
+
     F1 is averaged over folds per property first, then over the properties of each group (so every property
     weighs the same whatever its fold count). Returns a long table with columns ``model, layer_index,
     layer, penultimate, grouping, group, f1, n_properties`` (plus ``layer_kind`` when the rows have it):

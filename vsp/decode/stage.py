@@ -13,16 +13,19 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from vsp.config import SEED_MAX, identity_fields, setting
 from vsp.data.norms import Norms
 from vsp.errors import VspInputError
 from vsp.extract.features import FeatureStore, LayerInfo
 from vsp.io.bookkeeping import MarkerScan, digest, open_manifest, scan_markers, write_marker, write_output
 from vsp.io.store import Store
+from vsp.stage import Resources, Stage, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,16 @@ MANIFEST = f"{ROOT}/manifest.json"
 class DecodeConfig:
     """What decides the decoding numbers (the resumability key, with the norms and the features)."""
 
-    folds: int = 5
-    seed: int = 0
-    C: float = 1.0
-    dtype: str = "float32"
+    folds: int = setting(5, minimum=2, doc="stratified folds per property")
+    seed: int = setting(0, minimum=0, maximum=SEED_MAX)
+    C: float = setting(1.0, positive=True, doc="inverse L2 strength (LogisticRegression's C)")
+    dtype: str = setting("float32", choices=("float32", "float64"))
     models: tuple[str, ...] | None = None  # None: every model in the feature store
+    layers_per_task: int = setting(4, identity=False, minimum=1, doc="layers per cluster task")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings recorded in the decoding manifest (tuning left out; no models: None)."""
+        return identity_fields(self) | {"models": list(self.models) if self.models else None}
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -59,6 +67,28 @@ class DecodeTask:
     properties: list[str]
     feature_class: list[str]
     fine_grained: list[str]
+
+    def decode(self, X: np.ndarray, *, model: str, layer: str, layer_index: int, device: str) -> pa.Table:
+        """Every (property, fold) probe on the rows ``X`` (aligned with ``labels``): the rows' table."""
+        import torch
+
+        from vsp.decode.grid import decode_layer
+
+        return decode_layer(
+            X,
+            self.labels,
+            model=model,
+            layer=layer,
+            layer_index=layer_index,
+            properties=self.properties,
+            feature_class=self.feature_class,
+            fine_grained=self.fine_grained,
+            folds=self.config.folds,
+            seed=self.config.seed,
+            C=self.config.C,
+            dtype=getattr(torch, self.config.dtype),
+            device=device,
+        )
 
 
 def norms_identity(norms: Norms) -> str:
@@ -112,7 +142,7 @@ def prepare(
         if missing:
             raise VspInputError(f"{features.store.uri} has no features for models {sorted(missing)}")
     identity = {
-        "config": asdict(config) | {"models": list(config.models) if config.models else None},
+        "config": config.identity(),
         "norms": norms_identity(norms),
         "norms_source": str(norms.source),
         "features": digest(features.manifest()["identity"]),  # type: ignore[index]
@@ -155,39 +185,33 @@ def pending(store: Store, layers: Sequence[LayerInfo]) -> list[LayerInfo]:
     return [x for x in layers if marker_path(x) not in scan]
 
 
-def decode_unit(store: Store, task: DecodeTask, layer: LayerInfo, device: str = "cpu") -> int:
+def probe_layer_unit(store: Store, task: DecodeTask, layer: LayerInfo, device: str = "cpu") -> int:
     """Fit every (property, fold) probe of one layer, write its Parquet, then its marker; returns fits."""
-    import torch
-
-    from vsp.decode.grid import decode_layer
-
     X = FeatureStore(store).read(layer.model, layer.name)[task.concept_rows]
     if not np.isfinite(X).all():
         raise VspInputError(f"{store.uri}: layer {layer.path} has missing rows; finish `vsp extract` first")
-    table: pa.Table = decode_layer(
-        X,
-        task.labels,
-        model=layer.model,
-        layer=layer.name,
-        layer_index=layer.index,
-        properties=task.properties,
-        feature_class=task.feature_class,
-        fine_grained=task.fine_grained,
-        folds=task.config.folds,
-        seed=task.config.seed,
-        C=task.config.C,
-        dtype=getattr(torch, task.config.dtype),
-        device=device,
-    )
+    table = task.decode(X, model=layer.model, layer=layer.name, layer_index=layer.index, device=device)
     table = table.append_column("layer_kind", pa.array([layer.kind] * table.num_rows))
     out = write_output(store, result_path(layer), table)
     write_marker(store, marker_path(layer), [out], rows=table.num_rows)
     return table.num_rows
 
 
-def read_results(store: Store, layers: Sequence[LayerInfo]) -> pa.Table:
-    """Concatenate every unit's Parquet (in layer order)."""
-    return pa.concat_tables([store.read_parquet(result_path(x)) for x in layers])
+def read_results(store: Store, layers: Sequence[LayerInfo] | None = None) -> pa.Table:
+    """The per-(property, fold) rows of the layers whose marker proves its Parquet, concatenated.
+
+    ``layers``: in their order (the unmarked ones left out); None: every marked layer of the store, in marker
+    order. Only the Parquet files the markers list are read; no marked layer gives an empty table.
+    """
+    scan = done_markers(store, layers)
+    keys = sorted(scan.done) if layers is None else [marker_path(x) for x in layers]
+    paths = [o["key"] for k in keys if k in scan for o in scan.done[k]["outputs"]]
+    paths = [p for p in paths if p.endswith(".parquet")]
+    if not paths:
+        from vsp.decode.grid import SCHEMA
+
+        return SCHEMA.empty_table()
+    return pa.concat_tables([store.read_parquet(p) for p in paths])
 
 
 @dataclass
@@ -249,7 +273,7 @@ def run_decode_local(
     todo = pending(store, layers)
     fits = 0
     for k, layer in enumerate(todo):
-        fits += decode_unit(store, task, layer, device)
+        fits += probe_layer_unit(store, task, layer, device)
         if progress:
             progress(k + 1, len(todo), fits)
     outputs = finish(store, layers)
@@ -287,3 +311,46 @@ def summary_table(store: Store) -> str:
     return "mean F1 x 100 by feature class\n" + table.to_string(
         index=False, float_format=lambda v: f"{v:.1f}", na_rep="-"
     )
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+class DecodeStage(Stage):
+    """Every property from every stored layer: one unit per layer, batched probes (Figures 1-2).
+
+    On a cluster, layers go out a few per task (``cluster.decode``, the labels put in the object store
+    once); in this process they run in turn. Either way the aggregation and figures are rebuilt after.
+    """
+
+    name = "decode"
+    root = ROOT
+    Config = DecodeConfig
+    needs = ("norms",)
+    resources = Resources(cpus=1, gpus=1)
+    unit_word = "layers"
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        """Decode the pending layers; counts for run.json."""
+        norms = ctx.norms()
+        config = ctx.settings(self.name)
+        summary = self.drive(
+            ctx, "cluster.decode:run_decode_ray", run_decode_local, norms, config, what="fits",
+            ray_kw={"layers_per_task": config.layers_per_task},
+        )  # fmt: skip
+        return self.counts(summary, fits=summary.fits, outputs=list(summary.outputs))
+
+    def progress(self, store: Store) -> dict[str, Any] | None:
+        """Layers whose marker proves its rows, of the feature store's layers the stage decodes."""
+        if not store.exists(MANIFEST):
+            return None
+        models = store.read_json(MANIFEST)["identity"]["config"].get("models")
+        layers = [x for x in FeatureStore(store).layers() if not models or x.model in models]
+        scan = done_markers(store, layers)  # the stage's own test: marker and data
+        done = len(scan.done)
+        figures = store.exists(f"{ROOT}/figure1.png")
+        return {
+            "what": "layers",
+            "done": done,
+            "total": len(layers),
+            "complete": done == len(layers) and figures,
+            "invalid": len(scan.invalid),
+        }

@@ -1,23 +1,12 @@
-"""Feature extraction: the networks and their layer taps (`networks`), pooling hooks and per-concept
-aggregation (`hooks`), the Zarr feature layout (`features`) and the stage (`stage`).
+"""Feature extraction: networks, layer taps, pooling, the Zarr feature layout and the stage.
+
+Modules: the networks and their layer taps (`networks`), pooling hooks and per-concept aggregation
+(`hooks`), the Zarr feature layout (`features`) and the stage (`stage`).
 
 ``vsp.extract`` was one module in release 0.1; its names still resolve here (from ``vsp.extract.hooks``) for
 one release.
 """
 
-from __future__ import annotations
+from vsp import forward_names
 
-from typing import Any
-
-
-def __getattr__(name: str) -> Any:
-    """The 0.1 names of ``vsp.extract``, now in ``vsp.extract.hooks``."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    import importlib
-
-    module = importlib.import_module("vsp.extract.hooks")
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise AttributeError(f"module 'vsp.extract' has no attribute {name!r}") from None
+__getattr__ = forward_names(__name__, "vsp.extract.hooks")

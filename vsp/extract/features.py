@@ -29,8 +29,9 @@ import numpy as np
 import zarr
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
+from vsp.config import WEIGHTS_SEED_MAX, manifest_fields, setting
 from vsp.errors import ConfigMismatchError, VspInputError
-from vsp.io.bookkeeping import digest, now, open_manifest, scan_markers, write_marker
+from vsp.io.bookkeeping import digest, mismatch, now, open_manifest, scan_markers, write_marker
 from vsp.io.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,18 +48,27 @@ FORMAT_VERSION = 2  # 2: claimed layout, markers that list their chunks, JPEG dr
 class ExtractionConfig:
     """Everything that decides the numbers in the feature arrays (the resumability key).
 
-    ``layers``: ``"paper"`` (default), ``"all-conv"``, ``"re:<regex>"`` or module names (`vsp.extract.networks`).
+    ``layers``: ``"paper"`` (default), ``"all-conv"``, ``"re:<regex>"`` or module names
+    (`vsp.extract.networks`).
     ``activation``: the value each layer pools, ``"conv"`` (default: the tapped module's own output), ``"bn"``
     (after the BatchNorm that follows it) or ``"relu"`` (that through a ReLU); see `vsp.extract.networks`.
     """
 
     models: tuple[str, ...] = ("alexnet", "vgg16", "resnet34", "densenet169")
-    layers: str | tuple[str, ...] = "paper"
-    weights: str = "random"
-    seed: int = 0
-    pooling: str = "max"
-    unit_size: int = 16
-    activation: str = "conv"
+    layers: str | tuple[str, ...] = "paper"  # read by vsp.config's extract.layers hook
+    weights: str = "imagenet"  # imagenet | random | path or URI of a state_dict (resolved by vsp.config)
+    seed: int = setting(0, minimum=0, maximum=WEIGHTS_SEED_MAX, doc="seed of random weights")
+    pooling: str = setting("max", choices=("max", "mean"))
+    unit_size: int = setting(16, minimum=1, doc="concepts per work unit (= Zarr chunk rows)")
+    activation: str = setting("conv", choices=("conv", "bn", "relu"))
+    batch_size: int = setting(32, identity=False, minimum=1, doc="images per forward pass")
+    actors: int | None = setting(None, identity=False, minimum=1, doc="extraction actors (default: per GPU)")
+    #: extract only concepts present in the norms (when norms are given); identity in the run's record, but
+    #: not in the feature manifest (the concepts themselves are)
+    only_norm_concepts: bool = setting(True, manifest=False)
+    #: read symbolic links and manifest uris that lead outside the image root (`--follow-links`); the images
+    #: read are in the feature manifest's identity, so this only permits, it decides nothing
+    follow_links: bool = setting(False, identity=False)
 
     def __post_init__(self) -> None:
         if self.pooling not in ("max", "mean"):
@@ -72,7 +82,7 @@ class ExtractionConfig:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples as lists), as recorded in the manifest."""
-        d = asdict(self)
+        d = manifest_fields(self)  # the fields of the release before tuning moved here: byte-identical
         d["models"] = list(self.models)
         d["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)
         return d
@@ -475,13 +485,13 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+_NEW_PREFIX = "use a new --store prefix, or delete the old one to start over"
+
+
 def _check_attrs(store: Store, path: str, have: Mapping[str, Any], want: Mapping[str, Any]) -> None:
     if _jsonable(dict(have)) != _jsonable(dict(want)):
         diff = sorted(k for k in set(have) | set(want) if _jsonable(have.get(k)) != _jsonable(want.get(k)))
-        raise ConfigMismatchError(
-            f"{store.uri}/{path} exists with other attributes (differs in: {', '.join(diff)}); "
-            "use a new --store prefix, or delete the old one to start over"
-        )
+        raise mismatch(f"{store.uri}/{path}", "array (attributes)", diff, _NEW_PREFIX)
 
 
 def _ensure_array(
@@ -530,10 +540,7 @@ def _ensure_array(
     if not same_fill:
         diff.append("fill_value")
     if diff:
-        raise ConfigMismatchError(
-            f"{store.uri}/{path} exists with other metadata (differs in: {', '.join(diff)}); "
-            "use a new --store prefix, or delete the old one to start over"
-        )
+        raise mismatch(f"{store.uri}/{path}", "array (metadata)", diff, _NEW_PREFIX)
     _check_attrs(store, path, dict(arr.attrs), attributes)
 
 

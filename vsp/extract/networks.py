@@ -10,7 +10,8 @@ Weights (:func:`load_model`):
   seed: same weights.
 - ``"imagenet"``: the torchvision weight enum ``DEFAULT`` (downloaded once into ``$TORCH_HOME``; needs the
   network the first time). Identity is the enum name, e.g. ``"ResNet34_Weights.IMAGENET1K_V1"``.
-- anything else is a weights file, a local path or an ``s3://`` URI, read through :func:`vsp.io.store.open_store`
+- anything else is a weights file, a local path or an ``s3://`` URI, read through
+  :func:`vsp.io.store.open_store`
   and loaded with ``torch.load(weights_only=True)``. It must hold a ``state_dict`` for that architecture (a
   ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper and a DataParallel ``module.`` prefix are accepted).
   Identity ``"sha256:<hex of the file bytes>"``.
@@ -178,12 +179,12 @@ def _split_uri(uri: str) -> tuple[str, str]:
 
 
 def _read_weights_file(uri: str) -> bytes:
-    from vsp.io.store import open_store  # imported lazily: the store pulls in s3fs/zarr
+    from vsp.io.store import read_uri  # imported lazily: the store pulls in pyarrow
 
-    parent, fname = _split_uri(uri)
+    _split_uri(uri)  # refuses a URI that names only a bucket
     try:
-        return open_store(parent, create=False).read_bytes(fname)
-    except FileNotFoundError as exc:
+        return read_uri(uri)
+    except (FileNotFoundError, IsADirectoryError) as exc:
         raise VspInputError(
             f"weights file {uri!r} not found; pass 'random', 'imagenet', or a path/s3:// URI of a state_dict"
         ) from exc

@@ -9,13 +9,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from vsp.config import plain, section_identity
 from vsp.data.images import ImageRecord, decode_batch
 from vsp.errors import VspInputError
+from vsp.extract.features import MANIFEST as FEATURES_MANIFEST
+from vsp.extract.features import ROOT as FEATURES_ROOT
 from vsp.extract.features import (
     ExtractionConfig,
     FeaturePlan,
@@ -26,6 +30,10 @@ from vsp.extract.features import (
 )
 from vsp.extract.hooks import MultiNetExtractor
 from vsp.io.store import Store
+from vsp.stage import Resources, Stage, StageContext
+
+if TYPE_CHECKING:
+    from vsp.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +155,7 @@ class DecodedUnit:
     skipped: list[dict[str, str]]
 
 
-def decode_unit(plan: FeaturePlan, unit: int, max_workers: int = 1) -> DecodedUnit:
+def decode_unit_images(plan: FeaturePlan, unit: int, max_workers: int = 1) -> DecodedUnit:
     """Decode every image of one unit; unreadable files are skipped and recorded (never silently)."""
     start, stop = plan.units[unit]
     recs: list[ImageRecord] = []
@@ -238,7 +246,7 @@ def run_extraction_local(
     pending = fs.pending_units(plan)
     n_img = n_skip = 0
     for k, unit in enumerate(pending):
-        decoded = decode_unit(plan, unit)
+        decoded = decode_unit_images(plan, unit)
         fs.write_unit(plan, compute_unit(extractor, plan, decoded, batch_size))
         n_img += len(decoded.tensor)
         n_skip += len(decoded.skipped)
@@ -253,3 +261,84 @@ def run_extraction_local(
         n_skip,
         sorted(plan.dropped),
     )
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+class ExtractStage(Stage):
+    """Every tapped layer of every network into the Zarr feature store (``vsp.extract.features``).
+
+    Not a flat list of tasks: on a cluster the units stream through the actor pool of ``cluster.extract``
+    (one actor per GPU, CPU decode tasks with backpressure); in this process the same units run in turn.
+    """
+
+    name = "extract"
+    root = FEATURES_ROOT
+    Config = ExtractionConfig
+    needs = ("images",)
+    resources = Resources(cpus=1, gpus=1)
+    unit_word = "units"
+
+    def identity(self, run: RunConfig) -> dict[str, Any]:
+        """The images, the extraction settings, and the norms only when they restrict the concepts."""
+        config = run.settings(self.name)
+        restrict = config.only_norm_concepts and run.norms is not None
+        norms = plain(asdict(run.norms)) if restrict and run.norms is not None else None
+        return {"images": run.images, "norms": norms, "extract": section_identity(config)}
+
+    def check_inputs(self, run: RunConfig) -> list[Any]:
+        """The image list (a folder tree, an S3 prefix or a manifest), every link and row checked."""
+        from vsp.data.images import build_manifest
+
+        return build_manifest(run.images, follow_links=run.settings(self.name).follow_links)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        """Extract the pending units (the pool on a cluster, else here); counts for run.json."""
+        run = ctx.config
+        config = ctx.settings(self.name)
+        records = ctx.inputs.get(self.name) or self.check_inputs(run)
+        concepts = ctx.norms().concepts if run.norms is not None and config.only_norm_concepts else None
+        summary = self.drive(
+            ctx, "cluster.extract:run_extraction_ray", run_extraction_local, records, config, concepts,
+            what="images", ray_kw={"n_actors": config.actors, "batch_size": config.batch_size},
+            local_kw={"batch_size": config.batch_size},
+        )  # fmt: skip
+        manifest = FeatureStore(ctx.store).manifest() or {}
+        if ctx.record is not None:
+            ctx.record.set_weights_identity(manifest.get("identity", {}).get("weights_identity", {}))
+        return self.counts(summary, images=summary.images, unreadable_images=summary.skipped_images)
+
+    def progress(self, store: Store) -> dict[str, Any] | None:
+        """Units whose marker's chunks are all there, of the planned units."""
+        fs = FeatureStore(store)
+        man = fs.manifest()
+        if man is None:
+            return None
+        total = len(man["units"])
+        done_units, invalid = fs.unit_status()  # a marker counts only if the chunks it lists are there
+        done = len({u for u in done_units if u < total})
+        return {
+            "what": "units",
+            "done": done,
+            "total": total,
+            "complete": done == total,
+            "invalid": len(invalid),
+        }
+
+    def outputs(self, store: Store) -> list[str]:
+        """The feature store's manifest and layout, once every planned unit is done."""
+        prog = self.progress(store)
+        if not prog or not prog["complete"]:
+            return []
+        return [k for k in (FEATURES_MANIFEST, f"{FEATURES_ROOT}/layout.json") if store.exists(k)]
+
+    def verify(self, store: Store) -> tuple[int, list[str]]:
+        """Re-read every done unit's chunks and hash them against its marker's value digest."""
+        fs = FeatureStore(store)
+        if fs.manifest() is None:
+            return 0, []
+        units = sorted(fs.done_units())
+        return len(units), [fs.marker_path(u) for u in units if not fs.verify_unit(u)]
+
+    def has_results(self, store: Store) -> bool:
+        """Whether a feature manifest is on the prefix."""
+        return store.exists(FEATURES_MANIFEST)

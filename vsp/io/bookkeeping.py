@@ -37,6 +37,8 @@ __all__ = [
     "MarkerScan",
     "bytes_output",
     "check_identity",
+    "diff_keys",
+    "mismatch",
     "diff_identity",
     "digest",
     "now",
@@ -73,6 +75,23 @@ def diff_identity(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]
     return out
 
 
+def diff_keys(have: Mapping[str, Any], want: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ (``extract.seed``), descending into mappings."""
+    out = []
+    for k in sorted(set(have) | set(want)):
+        a, b = have.get(k), want.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += diff_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def mismatch(where: str, what: str, keys: Sequence[str], remedy: str) -> ConfigMismatchError:
+    """The one refusal: ``<where> holds a different <what> (differs in: <keys>); <remedy>`` (exit 3)."""
+    return ConfigMismatchError(f"{where} holds a different {what} (differs in: {', '.join(keys)}); {remedy}")
+
+
 def check_identity(
     store: Store,
     path: str,
@@ -87,9 +106,11 @@ def check_identity(
     if a == b:
         return
     folder = path.split("/", 1)[0] if "/" in path else path
-    raise ConfigMismatchError(
-        f"{store.uri}/{path} holds a different {what} (differs in: {', '.join(diff_identity(a, b))}); "
-        f"use another --store prefix or delete its {folder}/ folder"
+    raise mismatch(
+        f"{store.uri}/{path}",
+        what,
+        diff_identity(a, b),
+        f"use another --store prefix or delete its {folder}/ folder",
     )
 
 

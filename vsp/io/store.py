@@ -1,5 +1,8 @@
 """One place that turns a URI into a store: a local folder or an ``s3://bucket/prefix``.
 
+It is also the one place that reads a single input file by URI (a local path or ``s3://bucket/key``):
+:func:`read_uri` (the whole file) and :func:`open_uri` (a stream), with the stores' S3 client and retries.
+
 Every stage reads and writes through a :class:`Store`, so the same code runs embedded (local folder) and on a
 cluster (any S3-compatible server). Small documents (manifests, done-markers) and Parquet tables are replaced
 atomically, so a reader never sees half a file; Zarr v3 arrays go through zarr's own store classes.
@@ -12,16 +15,18 @@ Secrets are never logged, and never appear in ``repr`` or ``uri``.
 from __future__ import annotations
 
 import atexit
+import errno
 import io
 import json
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -550,6 +555,75 @@ def _conditional_writes(store: S3Store) -> bool:
     with _CLIENTS_LOCK:
         _CONDITIONAL[key] = supported
     return supported
+
+
+# --- one file by URI --------------------------------------------------------------------------------------
+
+
+def _s3_object(uri: str) -> tuple[str, str]:
+    """``(bucket, key)`` of ``s3://bucket/key``; VspInputError when it names no object."""
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise VspInputError(f"{uri!r} is not an S3 object URI (expected s3://bucket/key)")
+    return bucket, key
+
+
+def _local_file(uri: str) -> str:
+    """The path of a local ``uri`` (``file://`` allowed), checked to be a regular file before it is opened.
+
+    A folder raises IsADirectoryError; a device (``/dev/zero``), pipe or socket is refused unread
+    (VspInputError), since reading one would never end, or block; nothing there: FileNotFoundError.
+    """
+    if "://" in uri and not uri.startswith("file://"):
+        raise VspInputError(f"unsupported URI {uri!r}: use a local path or s3://bucket/key")
+    path = uri.removeprefix("file://")
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise FileNotFoundError(errno.ENOENT, "no such file", uri) from e
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", uri)
+    if not stat.S_ISREG(mode):
+        raise VspInputError(f"{uri}: not a regular file (a device, pipe or socket); remove it")
+    return path
+
+
+def read_uri(uri: str | os.PathLike[str]) -> bytes:
+    """The whole file at a local path (or ``file://``) or an ``s3://bucket/key`` object.
+
+    S3 objects are read with the stores' shared boto3 client (endpoint, region, credentials and retries from
+    the AWS environment, see the module docstring).
+
+    Raises:
+        FileNotFoundError: nothing at ``uri`` (the message names it).
+        IsADirectoryError: a local folder.
+        VspInputError: not an object URI, another scheme, or a device, pipe or socket.
+    """
+    with open_uri(uri) as fh:
+        return fh.read()
+
+
+def open_uri(uri: str | os.PathLike[str]) -> BinaryIO:
+    """A binary stream of the file at ``uri`` (as :func:`read_uri`), for files too big to read whole.
+
+    The caller closes it (``with open_uri(uri) as fh``). Raises as :func:`read_uri`.
+    """
+    text = os.fspath(uri)
+    if text.startswith("s3://"):
+        from botocore.exceptions import ClientError
+
+        bucket, key = _s3_object(text)
+        try:
+            return _boto3_client().get_object(Bucket=bucket, Key=key)["Body"]
+        except ClientError as e:
+            if _not_found(e):
+                raise FileNotFoundError(errno.ENOENT, "no such key", text) from e
+            raise
+    path = _local_file(text)
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the caller owns the stream
+    except FileNotFoundError as e:
+        raise FileNotFoundError(errno.ENOENT, "no such file", text) from e
 
 
 def open_store(uri: str | os.PathLike[str], *, create: bool = True) -> Store:

@@ -4,19 +4,6 @@
 one release.
 """
 
-from __future__ import annotations
+from vsp import forward_names
 
-from typing import Any
-
-
-def __getattr__(name: str) -> Any:
-    """The 0.1 names of ``vsp.mapping``, now in ``vsp.mapping.mappers``."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    import importlib
-
-    module = importlib.import_module("vsp.mapping.mappers")
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise AttributeError(f"module 'vsp.mapping' has no attribute {name!r}") from None
+__getattr__ = forward_names(__name__, "vsp.mapping.mappers")

@@ -53,6 +53,7 @@ from sklearn.model_selection import KFold, RepeatedKFold
 from torch import nn
 
 from vsp.errors import VspInputError
+from vsp.linalg import l2_rows
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,14 @@ __all__ = [
     "Grid",
     "MAPPERS",
     "ROW_COLUMNS",
+    "RidgeSVD",
     "Split",
     "cosine_ranks",
     "evaluate",
     "fit_predict",
+    "fit_ridge",
     "mean_average_precision",
+    "ridge_predict_many",
     "run_fold",
     "split_plan",
     "summarise",
@@ -119,19 +123,13 @@ def split_plan(n: int, repeats: int = 5, folds: int = 10, seed: int = 0) -> list
 
 
 # ---------------------------------------------------------------------------------------------- ranking
-def _l2rows(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    norms = np.linalg.norm(m, axis=1, keepdims=True)
-    return m / np.where(norms > 0, norms, 1.0)
-
-
 def cosine_ranks(pred: np.ndarray, cand: np.ndarray, own: np.ndarray) -> np.ndarray:
     """Rank (1 = best) of each prediction's own candidate among ``cand`` by cosine similarity.
 
     ``pred`` (m, P), ``cand`` (c, P), ``own`` (m,) row indices into ``cand``. Ties count against: rank =
     1 + number of other candidates with cosine ``>=`` the own candidate's.
     """
-    sims = _l2rows(pred) @ _l2rows(cand).T  # (m, c)
+    sims = l2_rows(pred) @ l2_rows(cand).T  # (m, c)
     own_sim = sims[np.arange(len(own)), own][:, None]
     ge = (sims >= own_sim).sum(axis=1) - 1  # minus the own candidate
     return 1 + ge
@@ -146,27 +144,77 @@ def mean_average_precision(ranks: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------- mappers
 def _knn_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, k: int) -> np.ndarray:
     k = min(int(k), len(xtr))
-    sims = _l2rows(xte) @ _l2rows(xtr).T
+    sims = l2_rows(xte) @ l2_rows(xtr).T
     nn_idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return ytr[nn_idx].mean(axis=1)
 
 
-def _ridge_predict_many(
+@dataclass(frozen=True)
+class RidgeSVD:
+    """The ridge solver: thin SVD of the centred inputs, shared by every ridge strength.
+
+    Ridge regression ``Y ~ X @ coef + b`` with an unpenalised intercept (equal to
+    ``sklearn.linear_model.Ridge(alpha)``), solved exactly for ``C`` larger or smaller than ``n``:
+    ``coef = V diag(s / (s^2 + alpha)) U^T (Y - mean Y)``. Build it once with :meth:`fit`, then ask for
+    :meth:`coef` or :meth:`predict` at as many alphas as needed.
+    """
+
+    xm: np.ndarray  # (C,) mean of the inputs
+    ym: np.ndarray  # (P,) mean of the targets
+    s: np.ndarray  # (k,) singular values of the centred inputs
+    vt: np.ndarray  # (k, C) right singular vectors
+    uty: np.ndarray  # (k, P) U^T (Y - ym)
+
+    @classmethod
+    def fit(cls, X: np.ndarray, Y: np.ndarray) -> RidgeSVD:
+        """Centre ``X`` (n, C) and ``Y`` (n, P) and take the thin SVD of the centred ``X``."""
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.asarray(Y, dtype=np.float64)
+        xm, ym = X.mean(axis=0), Y.mean(axis=0)
+        u, s, vt = np.linalg.svd(X - xm, full_matrices=False)
+        return cls(xm, ym, s, vt, u.T @ (Y - ym))
+
+    def coef(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(coef (C, P), intercept (P,))`` at ridge strength ``alpha``."""
+        d = self.s / (self.s * self.s + float(alpha))
+        coef = self.vt.T @ (d[:, None] * self.uty)
+        return coef, self.ym - self.xm @ coef
+
+    def predict(self, xte: np.ndarray, alphas: Sequence[float]) -> list[np.ndarray]:
+        """Predictions ``(m, P)`` for ``xte`` (m, C) at each alpha (projected once, not via ``coef``)."""
+        xv = (np.asarray(xte, dtype=np.float64) - self.xm) @ self.vt.T
+        out = []
+        for a in alphas:
+            d = self.s / (self.s * self.s + float(a))
+            out.append(xv @ (d[:, None] * self.uty) + self.ym)
+        return out
+
+
+def fit_ridge(X: np.ndarray, Y: np.ndarray, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression ``Y ~ X @ coef + b`` with an unpenalised intercept: ``(coef (C, P), b (P,))``.
+
+    Solved exactly through the thin SVD of the centred ``X`` (:class:`RidgeSVD`; works for ``C`` larger or
+    smaller than ``n``).
+
+    Raises:
+        VspInputError: mismatched shapes, a negative alpha, or NaN / inf inputs.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
+        raise VspInputError(f"ridge needs X (n, C) and Y (n, P) with the same n, got {X.shape} and {Y.shape}")
+    if alpha < 0:
+        raise VspInputError(f"ridge alpha must be >= 0, got {alpha}")
+    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+        raise VspInputError("ridge inputs contain NaN or inf values")
+    return RidgeSVD.fit(X, Y).coef(float(alpha))
+
+
+def ridge_predict_many(
     xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, alphas: Sequence[float]
 ) -> list[np.ndarray]:
     """Ridge predictions for several alphas from one SVD (intercept fitted, not penalised)."""
-    xtr = np.asarray(xtr, dtype=np.float64)
-    ytr = np.asarray(ytr, dtype=np.float64)
-    xm, ym = xtr.mean(axis=0), ytr.mean(axis=0)
-    u, s, vt = np.linalg.svd(xtr - xm, full_matrices=False)
-    uty = u.T @ (ytr - ym)
-    xte_c = np.asarray(xte, dtype=np.float64) - xm
-    xv = xte_c @ vt.T
-    out = []
-    for a in alphas:
-        d = s / (s * s + float(a))
-        out.append(xv @ (d[:, None] * uty) + ym)
-    return out
+    return RidgeSVD.fit(xtr, ytr).predict(xte, alphas)
 
 
 class _MLP(nn.Module):
@@ -253,7 +301,7 @@ def _predict_grid(
     if mapper == "knn":
         return [_knn_predict(xtr, ytr, xte, p.get("k", 5)) for p in points]
     if mapper == "ridge":
-        return _ridge_predict_many(xtr, ytr, xte, [p["alpha"] for p in points])
+        return ridge_predict_many(xtr, ytr, xte, [p["alpha"] for p in points])
     preds: list[np.ndarray | None] = [None] * len(points)
     groups: dict[tuple[float, float], list[int]] = {}
     for i, p in enumerate(points):

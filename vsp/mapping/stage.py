@@ -11,7 +11,8 @@ and ridge, which take milliseconds). Each unit is one `vsp.mapping.mappers.run_f
 and is the resumability key: a rerun skips units whose marker exists. ``mapping/manifest.json`` records the
 configuration (without the embedding and mapper selections, which may grow between runs), the norms digest
 and each mapped embedding's digest; a rerun with another configuration, other norms or a changed embedding
-is refused (`ConfigMismatchError`). ``mapping/table2.parquet`` (`vsp.mapping.mappers.summarise` of every finished
+is refused (`ConfigMismatchError`). ``mapping/table2.parquet`` (`vsp.mapping.mappers.summarise` of every
+finished
 unit: Hit@T pooled over folds) and ``mapping/table2.txt`` are rewritten at the end of each run.
 
 Targets: the PF-valued property vectors (``norms.pf``) of the embedding's concepts that are in the norms and
@@ -22,9 +23,11 @@ Meta-embeddings and the test concepts (``meta_fit``)
     stored them, fitted once, label-free, on **all** concepts, including those each outer fold tests on
     (transductive; presumably as in the paper). ``"train"``: inductive; in each outer fold the unit refits
     the meta-embedding from the stored features on the fold's **training** concepts only (`MetaRefit`): SVD
-    projects the test concepts onto the training basis (`vsp.meta.methods.svd_meta_inductive`), 1ToN trains on the
+    projects the test concepts onto the training basis (`vsp.meta.methods.svd_meta_inductive`), 1ToN trains
+    on the
     training concepts and solves the test concepts' meta-embeddings by least squares through its learned maps
-    (`vsp.meta.methods.onetoN_project`); a ``+text`` embedding then joins the text vectors as `vsp meta` does. Each
+    (`vsp.meta.methods.onetoN_project`); a ``+text`` embedding then joins the text vectors as `vsp meta`
+    does. Each
     fold's refitted image embedding is cached once under ``mapping/meta_fit/<image embedding>/<key>/`` (the
     kNN, ridge and MLP units of that fold share it). Other embeddings are mapped as stored either way. The
     choice is part of the run's identity and is printed under Table 2.
@@ -38,19 +41,21 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from vsp.config import SEED_MAX, identity_fields, setting
 from vsp.data.norms import Norms
 from vsp.errors import ConfigMismatchError, VspInputError
 from vsp.io.bookkeeping import MarkerScan, digest, open_manifest, scan_markers, write_marker, write_output
 from vsp.io.store import Store
 from vsp.mapping import mappers as mapping
 from vsp.meta.stage import MANIFEST as META_MANIFEST
-from vsp.meta.stage import Embedding, PaperCheck, embedding_names, read_embedding, write_text
+from vsp.meta.stage import Embedding, embedding_names, read_embedding, write_text
+from vsp.stage import Resources, Stage, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,7 @@ __all__ = [
     "plan_units",
     "prepare",
     "read_rows",
+    "read_table2",
     "run_mapping_local",
     "run_unit",
     "table2_text",
@@ -112,19 +118,26 @@ class MappingConfig:
     ``ridge_alphas`` replacing a grid axis when given (a lighter MLP for demos and CPU-only machines).
     """
 
-    embeddings: tuple[str, ...] | None = None
-    mappers: tuple[str, ...] = mapping.MAPPERS
-    repeats: int = 5
-    folds: int = 10
-    seed: int = 0
-    candidates: str = "all"
-    inner_folds: int = 5
+    embeddings: tuple[str, ...] | None = setting(None, identity=False, doc="names or fnmatch patterns")
+    mappers: tuple[str, ...] = setting(
+        mapping.MAPPERS, identity=False, choices=mapping.MAPPERS, choice_word="mapper"
+    )
+    repeats: int = setting(5, minimum=1)
+    folds: int = setting(10, minimum=2)
+    seed: int = setting(0, minimum=0, maximum=SEED_MAX)
+    candidates: str = setting("all", choices=("all", "test"))
+    inner_folds: int = setting(5, minimum=2)
     mlp_epochs: tuple[int, ...] | None = None
-    mlp_lr: tuple[float, ...] | None = None
-    mlp_weight_decay: tuple[float, ...] | None = None
-    ridge_alphas: tuple[float, ...] | None = None
-    folds_per_task: int = 0  # 0: auto (1 for the MLP, all folds of a repeat otherwise)
-    meta_fit: str = "all"  # all | train: where the SVD / 1ToN meta-embeddings are fitted (module docstring)
+    mlp_lr: tuple[float, ...] | None = setting(None, positive=True)
+    # run-file key mlp_wd (fixed by an earlier release; mlp_weight_decay is accepted too), CLI --mlp-wd
+    mlp_weight_decay: tuple[float, ...] | None = setting(
+        None, key="mlp_wd", aliases=("mlp_weight_decay",), minimum=0.0
+    )
+    ridge_alphas: tuple[float, ...] | None = setting(None, positive=True)
+    # 0: auto (1 for the MLP, all folds of a repeat otherwise); identity (the stage's manifest records it)
+    folds_per_task: int = setting(0, minimum=0)
+    # all | train: where the SVD / 1ToN meta-embeddings are fitted (module docstring)
+    meta_fit: str = setting("all", choices=META_FIT)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.mappers if m not in mapping.MAPPERS]
@@ -166,9 +179,7 @@ class MappingConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match on a rerun (the grids spelled out)."""
-        d = asdict(self)
-        for k in ("embeddings", "mappers"):
-            d.pop(k)
+        d = identity_fields(self)  # embeddings and mappers select work: not identity
         d["grids"] = {m: self.grid(m) for m in mapping.MAPPERS}
         return json.loads(json.dumps(d))
 
@@ -580,6 +591,33 @@ def read_rows(store: Store, units: Sequence[Unit] | None = None):
     return pa.concat_tables([store.read_parquet(p) for p in paths]).to_pandas()
 
 
+def read_table2(store: Store):
+    """Table 2 (pandas) of the units whose marker proves them: `vsp.mapping.mappers.summarise` of their folds.
+
+    One row per (embedding, mapper), in plan order: Hit@T pooled over folds, ``n_folds``, ``n_test``,
+    ``n_concepts`` (distinct test concepts), ``meta_fit`` (SVD / 1ToN rows); empty when no unit is done.
+    """
+    import pandas as pd
+
+    rows = read_rows(store)
+    summary = pd.DataFrame(mapping.summarise(rows.to_dict("records")))
+    if summary.empty:
+        return summary
+    order = _embedding_order(store, list(summary["embedding"].unique()))
+    summary["_e"] = summary["embedding"].map(order)
+    summary["_m"] = summary["mapper"].map({m: i for i, m in enumerate(mapping.MAPPERS)})
+    summary = summary.sort_values(["_e", "_m"]).drop(columns=["_e", "_m"]).reset_index(drop=True)
+    uniq = rows.explode("test_concepts").groupby(["embedding", "mapper"])["test_concepts"].nunique()
+    summary["n_concepts"] = [
+        int(uniq.get((e, m), 0)) for e, m in zip(summary["embedding"], summary["mapper"], strict=True)
+    ]
+    summary["n_folds"] = summary["n_folds"].astype(np.int64)
+    summary["n_test"] = summary["n_test"].astype(np.int64)
+    fit = recorded_meta_fit(store)
+    summary["meta_fit"] = [fit if _is_meta(store, e) else None for e in summary["embedding"]]
+    return summary
+
+
 def _rel(key: str) -> str:
     """A key under mapping/done (relative or absolute form) -> the unit key."""
     key = key[:-5] if key.endswith(".json") else key
@@ -609,28 +647,13 @@ class MappingSummary:
         )
 
 
-def finish(store: Store, check: PaperCheck | None = None) -> list[str]:
+def finish(store: Store) -> list[str]:
     """Table 2 from every finished unit: Parquet + text."""
-    import pandas as pd
-
-    rows = read_rows(store)
-    summary = pd.DataFrame(mapping.summarise(rows.to_dict("records")))
+    summary = read_table2(store)
     if summary.empty:
         return []
-    order = _embedding_order(store, list(summary["embedding"].unique()))
-    summary["_e"] = summary["embedding"].map(order)
-    summary["_m"] = summary["mapper"].map({m: i for i, m in enumerate(mapping.MAPPERS)})
-    summary = summary.sort_values(["_e", "_m"]).drop(columns=["_e", "_m"]).reset_index(drop=True)
-    uniq = rows.explode("test_concepts").groupby(["embedding", "mapper"])["test_concepts"].nunique()
-    summary["n_concepts"] = [
-        int(uniq.get((e, m), 0)) for e, m in zip(summary["embedding"], summary["mapper"], strict=True)
-    ]
-    summary["n_folds"] = summary["n_folds"].astype(np.int64)
-    summary["n_test"] = summary["n_test"].astype(np.int64)
-    fit = recorded_meta_fit(store)
-    summary["meta_fit"] = [fit if _is_meta(store, e) else None for e in summary["embedding"]]
     store.write_parquet(TABLE2, pa.Table.from_pandas(summary, preserve_index=False))
-    write_text(store, TABLE2_TXT, table2_text(store, check))
+    write_text(store, TABLE2_TXT, table2_text(store))
     return [TABLE2, TABLE2_TXT]
 
 
@@ -685,11 +708,8 @@ def _embedding_order(store: Store, names: list[str]) -> dict[str, int]:
     return {n: pos.get(n, len(plan) + i) for i, n in enumerate(names)}
 
 
-def table2_text(store: Store, check: PaperCheck | None = None) -> str:
-    """Table 2 as text: Hit@1/5/10/20 (%) per embedding x mapper, paper numbers in brackets where allowed."""
-    from vsp.report.paper import TABLE2 as PAPER
-    from vsp.report.paper import canonical_embedding
-
+def table2_text(store: Store) -> str:
+    """Table 2 as text: Hit@1/5/10/20 (%) per embedding x mapper (the run's; the paper's: `vsp report`)."""
     df = store.read_parquet(TABLE2).to_pandas()
     width = max([len("embedding"), *(len(n) for n in df["embedding"])]) + 2
     head = (
@@ -699,14 +719,7 @@ def table2_text(store: Store, check: PaperCheck | None = None) -> str:
     )
     lines = ["Table 2: zero-shot property mapping, Hit@T (% of test concepts, pooled over folds)", head]
     for _, r in df.iterrows():
-        key = canonical_embedding(str(r["embedding"]))
-        ref = PAPER.get(key, {}).get(r["mapper"]) if (check is not None and check.allows(key)) else None
-        cells = []
-        for t in mapping.HITS:
-            s = f"{r[f'hit{t}']:.2f}"
-            if ref is not None:
-                s += f" [{ref[f'hit{t}']:.2f}]"
-            cells.append(f"{s:>16}")
+        cells = [f"{r[f'hit{t}']:>16.2f}" for t in mapping.HITS]
         n_concepts = int(r["n_concepts"])
         lines.append(
             str(r["embedding"]).ljust(width)
@@ -716,8 +729,6 @@ def table2_text(store: Store, check: PaperCheck | None = None) -> str:
     fit_note = meta_fit_note(store)
     if fit_note:
         lines.append(f"meta-embeddings: {fit_note}")
-    if check is not None:
-        lines.append(f"note: {check.note()}")
     return "\n".join(lines)
 
 
@@ -726,7 +737,6 @@ def run_mapping_local(
     norms: Norms,
     config: MappingConfig,
     device: str = "cpu",
-    check: PaperCheck | None = None,
     progress: Callable[[int, int, int], None] | None = None,
 ) -> MappingSummary:
     """Run every pending unit in this process (no Ray): the reference for the Ray fan-out."""
@@ -741,5 +751,56 @@ def run_mapping_local(
         folds += run_unit(store, by_name[u.embedding], config, u, device=device)
         if progress:
             progress(k + 1, len(todo), folds)
-    outputs = finish(store, check)
+    outputs = finish(store)
     return MappingSummary(store.uri, len(units), len(todo), folds, time.perf_counter() - t0, outputs)
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+class MapStage(Stage):
+    """Every stored embedding to the property vectors (kNN, ridge, MLP) under repeated k-fold CV (Table 2).
+
+    Units: one per MLP fold, one per embedding and repeat for kNN and ridge; on a cluster they run as
+    tasks (``cluster.mapping``, MLP units with a GPU share), here in turn. Table 2 is rebuilt after.
+    """
+
+    name = "map"
+    root = ROOT
+    Config = MappingConfig
+    needs = ("norms",)
+    resources = Resources(cpus=1, gpus=0.25)
+    unit_word = "units"
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        """Run the pending units; counts for run.json."""
+        norms = ctx.norms()
+        config = ctx.settings(self.name)
+        summary = self.drive(
+            ctx, "cluster.mapping:run_mapping_ray", run_mapping_local, norms, config, what="folds",
+            ray_kw={"gpus_per_mlp_task": self.resources.gpus},
+        )  # fmt: skip
+        return self.counts(summary, folds=summary.folds, outputs=list(summary.outputs))
+
+    def progress(self, store: Store) -> dict[str, Any] | None:
+        """Mapping units (markers) of the grid: mapped embeddings x mappers x repeats x fold chunks."""
+        from vsp.mapping.mappers import MAPPERS
+        from vsp.runrecord import read_run
+
+        if not store.exists(MANIFEST):
+            return None
+        man = store.read_json(MANIFEST)
+        cfg = man["identity"]["config"]
+        run = read_run(store) or {}
+        mappers = ((run.get("config") or {}).get("map") or {}).get("mappers") or list(MAPPERS)  # not identity
+        per_embedding = 0
+        for m in mappers:
+            fpt = cfg["folds_per_task"]
+            step = min(fpt, cfg["folds"]) if fpt else (1 if m == "mlp" else cfg["folds"])
+            per_embedding += cfg["repeats"] * -(-cfg["folds"] // step)
+        total = per_embedding * len(man.get("embeddings", {}))
+        done = min(len(done_markers(store).done), total)  # the stage's own test: marker and data
+        return {
+            "what": "units",
+            "done": done,
+            "total": total,
+            "complete": done == total and store.exists(TABLE2),
+        }

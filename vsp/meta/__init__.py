@@ -4,19 +4,6 @@
 one release.
 """
 
-from __future__ import annotations
+from vsp import forward_names
 
-from typing import Any
-
-
-def __getattr__(name: str) -> Any:
-    """The 0.1 names of ``vsp.meta``, now in ``vsp.meta.methods``."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    import importlib
-
-    module = importlib.import_module("vsp.meta.methods")
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise AttributeError(f"module 'vsp.meta' has no attribute {name!r}") from None
+__getattr__ = forward_names(__name__, "vsp.meta.methods")

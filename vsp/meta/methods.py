@@ -279,9 +279,9 @@ class OneToNResult:
 
 
 def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from vsp.stage import pick_device
+
+    return torch.device(pick_device(None if device == "auto" else device))
 
 
 def onetoN_meta(  # noqa: N802 - name fixed by the project contract

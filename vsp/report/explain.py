@@ -16,7 +16,8 @@ Training data (``train_on``)
 
 Ridge
     Multi-output ridge regression with an unpenalised intercept, solved in closed form through the thin SVD
-    of the centred inputs (:func:`fit_ridge`; equal to ``sklearn.linear_model.Ridge(alpha)``).
+    of the centred inputs (:func:`vsp.mapping.mappers.fit_ridge`; equal to
+    ``sklearn.linear_model.Ridge(alpha)``).
     ``alpha="auto"`` (default) picks alpha from :data:`ALPHAS` by grouped 5-fold cross-validation over
     *concepts* (all images of a concept are held out together, so the choice rewards generalising to unseen
     concepts, as in Appendix B), scoring the mean cosine between predicted and gold property vectors; ties go
@@ -62,6 +63,8 @@ from vsp.errors import VspInputError
 from vsp.extract.features import FeatureStore, LayerInfo
 from vsp.io.bookkeeping import digest
 from vsp.io.store import Store
+from vsp.linalg import l2_rows
+from vsp.mapping.mappers import RidgeSVD, fit_ridge
 
 log = logging.getLogger(__name__)
 
@@ -109,39 +112,7 @@ CLASS_COLOURS = {
 
 
 # ----------------------------------------------------------------------------------------------- ridge
-def _l2rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
-
-
-def _svd_parts(X: np.ndarray, Y: np.ndarray):
-    xm, ym = X.mean(axis=0), Y.mean(axis=0)
-    U, s, Vt = np.linalg.svd(X - xm, full_matrices=False)
-    return xm, ym, U, s, Vt, U.T @ (Y - ym)
-
-
-def _solve(parts, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    xm, ym, _U, s, Vt, uty = parts
-    d = s / (s * s + alpha)
-    coef = Vt.T @ (d[:, None] * uty)
-    return coef, ym - xm @ coef
-
-
-def fit_ridge(X: np.ndarray, Y: np.ndarray, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge regression ``Y ~ X @ coef + b`` with an unpenalised intercept: ``(coef (C, P), b (P,))``.
-
-    Solved exactly through the thin SVD of the centred ``X`` (works for ``C`` larger or smaller than ``n``).
-    """
-    X = np.asarray(X, dtype=np.float64)
-    Y = np.asarray(Y, dtype=np.float64)
-    if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
-        raise VspInputError(f"ridge needs X (n, C) and Y (n, P) with the same n, got {X.shape} and {Y.shape}")
-    if alpha < 0:
-        raise VspInputError(f"ridge alpha must be >= 0, got {alpha}")
-    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
-        raise VspInputError("ridge inputs contain NaN or inf values")
-    return _solve(_svd_parts(X, Y), float(alpha))
+# the solver is vsp.mapping.mappers.fit_ridge / RidgeSVD (re-exported here as fit_ridge)
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -180,9 +151,9 @@ def select_alpha(
     totals = dict.fromkeys(alphas, 0.0)
     count = 0
     for tr, te in splitter.split(X, Y, groups):
-        parts = _svd_parts(X[tr], Y[tr])
+        parts = RidgeSVD.fit(X[tr], Y[tr])
         for a in alphas:
-            coef, b = _solve(parts, a)
+            coef, b = parts.coef(a)
             totals[a] += float(_cosine_rows(X[te] @ coef + b, Y[te]).sum())
         count += len(te)
     scores = {a: totals[a] / count for a in alphas}
@@ -217,7 +188,7 @@ class PropertyMap:
                 f"{self.model}/{self.layer}: inputs have {X.shape[1]} channels, "
                 f"the map expects {self.coef.shape[0]}"
             )
-        return (_l2rows(X) @ self.coef.astype(np.float64) + self.intercept).astype(np.float32)
+        return (l2_rows(X) @ self.coef.astype(np.float64) + self.intercept).astype(np.float32)
 
     def top(self, prediction: np.ndarray, k: int = 10) -> list[tuple[str, float, str, str]]:
         """The ``k`` largest entries of one predicted vector: ``(property, value, class, fine type)``."""
@@ -302,7 +273,7 @@ def training_data(
             raise VspInputError(
                 f"{fs.store.uri}: layer {model}/{layer} has missing rows; finish `vsp extract` first"
             )
-        return _l2rows(X), pf, np.arange(len(rows))
+        return l2_rows(X), pf, np.arange(len(rows))
     imgs, counts = fs.read_images(model, layer)
     xs, ys, gs = [], [], []
     for g, r in enumerate(rows):
@@ -317,7 +288,7 @@ def training_data(
         raise VspInputError(
             f"{fs.store.uri}: layer {model}/{layer} has no per-image vectors; finish `vsp extract`"
         )
-    return _l2rows(np.concatenate(xs)), np.concatenate(ys), np.concatenate(gs)
+    return l2_rows(np.concatenate(xs)), np.concatenate(ys), np.concatenate(gs)
 
 
 def fit_property_map(

@@ -33,7 +33,8 @@ concepts with images. Text rows used spaCy's 300-d GloVe (``en_core_web_lg``).
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 __all__ = [
     "CLASS_COLUMNS",
@@ -47,13 +48,16 @@ __all__ = [
     "TABLE3",
     "TABLE4",
     "EmbeddingKey",
+    "SetupCheck",
     "canonical_embedding",
     "embedding_key",
     "embedding_label",
+    "paper_setup",
 ]
 
 PAPER_MODELS = ("alexnet", "vgg16", "resnet34", "densenet169")
-#: Column order of Tables 1 and 4: the CSLB feature classes as in vsp.data.norms, then "overall", the mean F1 over
+#: Column order of Tables 1 and 4: the CSLB feature classes as in vsp.data.norms, then "overall", the mean F1
+#: over
 #: all properties (see the module docstring: what 11 of the paper's 12 rows show).
 CLASS_COLUMNS = (
     "encyclopaedic",
@@ -216,3 +220,107 @@ TABLE3: dict[EmbeddingKey, dict[str, float]] = {
     _k("resnet34", "svd", True): _rho(0.829, 0.316),
     _k("resnet34", "1ton", True): _rho(0.846, 0.491),
 }
+
+
+# ----------------------------------------------------------------------------------------- setup check
+@dataclass
+class SetupCheck:
+    """Whether a run's setup is the paper's (:func:`paper_setup`), and if not, why: the one setup check.
+
+    Only the report compares a run with the paper; the stages print and store their own numbers only.
+    """
+
+    matches: bool
+    reasons: list[str]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def why_not(self) -> str:
+        """The reasons, as one sentence."""
+        return "; ".join(self.reasons)
+
+    def allows(self, key: EmbeddingKey | None) -> bool:
+        """Whether the run's row with this key gets the paper's numbers (a matching setup, a known row)."""
+        return self.matches and key is not None
+
+    def note(self) -> str:
+        """One line: what the paper column covers, or why it is omitted."""
+        if self.matches:
+            return "setup matches the paper's: paper numbers in brackets"
+        return f"paper column omitted: {self.why_not()}"
+
+
+def paper_setup(
+    features_manifest: dict | None, norms_shape: tuple[int, int] | None, n_shared: int | None
+) -> SetupCheck:
+    """Compare a run with the paper's setup (:data:`PAPER_SETUP`).
+
+    ``norms_shape``: (concepts, properties) of the filtered norms, when known; ``n_shared``: how many of the
+    norms' concepts have features.
+    """
+    want = PAPER_SETUP
+    reasons: list[str] = []
+    facts: dict[str, Any] = {}
+    if not features_manifest:
+        return SetupCheck(False, ["the store has no feature manifest (`vsp extract` not run)"], facts)
+    ident = features_manifest.get("identity", {})
+    cfg = ident.get("config", {})
+    weights = cfg.get("weights")
+    ids = ident.get("weights_identity", {}) or {}
+    facts["weights"] = weights
+    bad = [m for m, i in ids.items() if "IMAGENET" not in str(i).upper()]
+    if weights != "imagenet" or bad:
+        shown = ", ".join(f"{m}: {ids.get(m, weights)}" for m in (bad or list(ids))) or str(weights)
+        reasons.append(
+            f"weights are not ImageNet-pretrained ({shown}); the paper used torchvision's ImageNet weights"
+        )
+    if cfg.get("pooling", "max") != want["pooling"]:
+        reasons.append(f"pooling is {cfg.get('pooling')!r}; the paper used global max pooling")
+    reasons += _layer_reasons(ident, facts)
+    if norms_shape is None:
+        reasons.append("the norms are unknown (pass --norms, or run `vsp decode` first)")
+    else:
+        facts["norms_shape"] = norms_shape
+        if tuple(norms_shape) != (want["norms_concepts"], want["norms_properties"]):
+            reasons.append(
+                f"the norms have {norms_shape[0]} concepts x {norms_shape[1]} properties; "
+                "the paper's filtered "
+                f"CSLB norms have {want['norms_concepts']} x {want['norms_properties']}"
+            )
+    if n_shared is not None:
+        facts["concepts_with_features"] = n_shared
+        paper_norms = norms_shape is not None and tuple(norms_shape) == (
+            want["norms_concepts"],
+            want["norms_properties"],
+        )
+        if n_shared < want["norms_concepts"] and paper_norms:
+            reasons.append(
+                f"features cover {n_shared} of the norms' concepts; "
+                f"the paper used all {want['norms_concepts']}"
+            )
+    return SetupCheck(not reasons, reasons, facts)
+
+
+def _layer_reasons(ident: dict, facts: dict[str, Any]) -> list[str]:
+    """Why the run's layer selection is not the paper's (section 3.2), if it is not; notes the activation.
+
+    ``paper`` is the paper's; ``all-conv`` is the same taps for every network except DenseNet (168 convs,
+    82 of them 1x1 bottlenecks, instead of the first conv, each dense layer and each transition: 86).
+    """
+    cfg = ident.get("config", {})
+    sel = cfg.get("layers", "all-conv")
+    facts["layers"] = sel
+    facts["activation"] = cfg.get("activation", "conv")  # the paper does not say: recorded, not judged
+    stored = ident.get("layers", []) or []
+    models = list(cfg.get("models") or ident.get("weights_identity") or {x.get("model") for x in stored})
+    if sel == "paper":
+        return []
+    hint = "the paper tapped every conv layer, but for DenseNet the first conv, each dense layer and each "
+    hint += "transition (--layers paper)"
+    if sel == "all-conv":
+        dense = [m for m in models if str(m).startswith("densenet")]
+        if not dense:
+            return []
+        taps = {m: sum(x.get("model") == m and x.get("kind") != "penultimate" for x in stored) for m in dense}
+        shown = ", ".join(f"{m}: {n} convs" if n else m for m, n in taps.items())
+        return [f"layer selection is 'all-conv' ({shown}); {hint}"]
+    return [f"layer selection is {sel!r}; {hint}"]

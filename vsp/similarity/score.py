@@ -1,7 +1,7 @@
 """Word-similarity benchmarks on concept embeddings (paper Table 3): MEN and SimLex-999 restricted to CSLB.
 
 A benchmark pair is kept when both of its words equal a CSLB concept name as written in the norms
-(`vsp.data.concepts.match_pairs`, mode ``"exact"``): 104 MEN pairs (natural form) and 48 SimLex-999 pairs. For an
+(`vsp.data.benchmarks.match_pairs`, mode ``"exact"``): 104 MEN pairs (natural form), 48 SimLex-999. For an
 embedding given as ``(concepts, matrix)`` the score of a pair is the cosine similarity of the two concept
 vectors, and the result is Spearman's rho (``scipy.stats.spearmanr``) between those cosines and the human
 ratings, over the pairs the embedding can score (both concepts have a vector). ``n_pairs`` is the size of
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from vsp.data.concepts import MatchedPair, load_men, load_simlex, match_pairs
+from vsp.data.benchmarks import MatchedPair, load_men, load_simlex, match_pairs
 from vsp.errors import VspInputError
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """The `vsp similarity` stage: MEN / SimLex-999 (or your own pair files) on every stored embedding (Table 3).
 
-Pairs are kept when both words equal a concept name of the run exactly (`vsp.similarity.score.benchmark_pairs`;
+Pairs are kept when both words equal a concept name of the run exactly
+(`vsp.similarity.score.benchmark_pairs`;
 on the real CSLB norms: 104 MEN pairs, 48 SimLex-999 pairs). The run's concepts are those of the meta
 manifest (the feature store's concepts, or the norms' for a text-only store). A custom pair file holds one
 ``word1 word2 score`` per line, whitespace-separated (MEN's format; an optional ``word1 word2 score``
@@ -29,20 +30,30 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
-from vsp.data.concepts import MatchedPair, load_men, load_simlex, match_pairs
+from vsp.config import setting
+from vsp.data.benchmarks import MatchedPair, load_men, load_simlex, match_pairs
 from vsp.errors import VspInputError
 from vsp.io.bookkeeping import MarkerScan, open_manifest, scan_markers, write_marker, write_output
 from vsp.io.store import Store
 from vsp.meta.stage import MANIFEST as META_MANIFEST
-from vsp.meta.stage import PaperCheck, embedding_names, read_embedding, write_text
+from vsp.meta.stage import embedding_names, read_embedding, write_text
 from vsp.similarity.score import BENCHMARKS, score_embedding
+from vsp.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SimilaritySummary", "default_benchmarks", "run_similarity", "table3_text", "world_pairs"]
+__all__ = [
+    "SimilaritySummary",
+    "default_benchmarks",
+    "read_table3",
+    "run_similarity",
+    "table3_text",
+    "world_pairs",
+]
 
 ROOT = "similarity"
 MANIFEST = f"{ROOT}/manifest.json"
@@ -66,6 +77,17 @@ def done_markers(store: Store) -> MarkerScan:
     if legacy and not scan.done and not scan.invalid and store.exists(TABLE3):
         scan.done[MARKER] = {"outputs": [{"key": TABLE3}], "legacy": True}
     return scan
+
+
+def read_table3(store: Store):
+    """Table 3 (embedding, benchmark, n_pairs, n_scored, spearman) when its marker proves it, else empty."""
+    import pandas as pd
+
+    scan = done_markers(store)
+    keys = {o["key"] for doc in scan.done.values() for o in doc.get("outputs", ())}
+    if TABLE3 not in keys:
+        return pd.DataFrame(columns=TABLE3_SCHEMA.names)
+    return store.read_parquet(TABLE3).to_pandas()
 
 
 TABLE3_SCHEMA = pa.schema(
@@ -133,7 +155,6 @@ class SimilaritySummary:
 def run_similarity(
     store: Store,
     benchmarks: Mapping[str, str | os.PathLike],
-    check: PaperCheck | None = None,
     patterns: list[str] | None = None,
 ) -> SimilaritySummary:
     """Score every stored embedding on each benchmark (name -> file); write Table 3.
@@ -167,7 +188,7 @@ def run_similarity(
         store, MANIFEST, identity, "similarity run (Table 3)", {"markers": 1}, ignore=("benchmark_files",)
     )
     if done_markers(store).done:
-        write_text(store, TABLE3_TXT, table3_text(store, check))
+        write_text(store, TABLE3_TXT, table3_text(store))
         return SimilaritySummary(store.uri, len(names), counts, False, time.perf_counter() - t0, empty)
     outputs = []
     for b, ms in matched.items():
@@ -201,7 +222,7 @@ def run_similarity(
             rows.append(score_embedding((e.concepts, e.matrix), pairs, benchmark=b, name=n))
     outputs.append(write_output(store, TABLE3, pa.Table.from_pylist(rows, schema=TABLE3_SCHEMA)))
     write_marker(store, MARKER, outputs, embeddings=len(names), benchmarks=counts)
-    write_text(store, TABLE3_TXT, table3_text(store, check))
+    write_text(store, TABLE3_TXT, table3_text(store))
     return SimilaritySummary(store.uri, len(names), counts, True, time.perf_counter() - t0, empty)
 
 
@@ -209,11 +230,8 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def table3_text(store: Store, check: PaperCheck | None = None) -> str:
-    """Table 3 as text: Spearman rho per embedding x benchmark, (scored / pairs), paper in brackets."""
-    from vsp.report.paper import TABLE3 as PAPER
-    from vsp.report.paper import canonical_embedding
-
+def table3_text(store: Store) -> str:
+    """Table 3 as text: Spearman rho per embedding x benchmark (scored / pairs); the paper's: `vsp report`."""
     df = store.read_parquet(TABLE3).to_pandas()
     benches = list(dict.fromkeys(df["benchmark"]))
     names = list(dict.fromkeys(df["embedding"]))
@@ -223,19 +241,13 @@ def table3_text(store: Store, check: PaperCheck | None = None) -> str:
         "embedding".ljust(width) + "".join(f"{b:>26}" for b in benches),
     ]
     for n in names:
-        key = canonical_embedding(n)
-        ref = PAPER.get(key) if (check is not None and check.allows(key)) else None
         cells = []
         for b in benches:
             r = df[(df["embedding"] == n) & (df["benchmark"] == b)].iloc[0]
             rho = "  nan" if r["spearman"] is None or math.isnan(r["spearman"]) else f"{r['spearman']:.3f}"
             s = f"{rho} ({int(r['n_scored'])}/{int(r['n_pairs'])})"
-            if ref is not None and b in ref:
-                s = f"{rho} [{ref[b]:.3f}] ({int(r['n_scored'])}/{int(r['n_pairs'])})"
             cells.append(f"{s:>26}")
         lines.append(n.ljust(width) + "".join(cells))
-    if check is not None:
-        lines.append(f"note: {check.note()}")
     return "\n".join(lines)
 
 
@@ -262,3 +274,70 @@ def world_pairs(world_json: str | os.PathLike, out_path: str | os.PathLike) -> P
     out = Path(out_path)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
+
+
+# ----------------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class SimilarityConfig:
+    """Word similarity (`vsp similarity`): benchmark files (default: the shared data's MEN, SimLex-999).
+
+    Every field is identity (another benchmark file or selection is another Table 3).
+    """
+
+    men: str | None = setting(None, path=True, doc="MEN natural form file")
+    simlex: str | None = setting(None, path=True, doc="SimLex-999.txt")
+    # name -> file of 'word1 word2 score' lines (run file: a path, a list of paths or a mapping)
+    pairs: dict[str, str] | None = setting(None, path=True)
+    embeddings: tuple[str, ...] | None = setting(None, doc="names or fnmatch patterns (default: all)")
+
+    def benchmarks(self) -> dict[str, str]:
+        """Name -> path; the shared data's MEN / SimLex-999 when none is configured."""
+        out: dict[str, str] = {}
+        if self.men:
+            out["MEN"] = self.men
+        if self.simlex:
+            out["SimLex-999"] = self.simlex
+        out.update(self.pairs or {})
+        if not out:
+            out = {k: str(v) for k, v in default_benchmarks().items()}
+        if not out:
+            raise VspInputError(
+                "similarity: no benchmark files: set similarity.men / similarity.simlex / similarity.pairs, "
+                "or VSP_SHARED_DATA (MEN and SimLex-999 under it)"
+            )
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+class SimilarityStage(Stage):
+    """MEN and SimLex-999 (or configured pair files) on every stored embedding (Table 3).
+
+    Seconds of work: one unit, run in the driver with or without a cluster.
+    """
+
+    name = "similarity"
+    root = ROOT
+    Config = SimilarityConfig
+    needs = ()
+    unit_word = "table"
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        """Score every embedding on each benchmark; counts for run.json."""
+        config = ctx.settings(self.name)
+        benchmarks = config.benchmarks()
+        patterns = list(config.embeddings) if config.embeddings else None
+        summary = run_similarity(ctx.store, benchmarks, patterns=patterns)
+        return {
+            "embeddings": summary.embeddings,
+            "pairs": dict(summary.pairs),
+            "computed": summary.ran,
+            "benchmark_files": benchmarks,
+            "summary": summary.line(),
+        }
+
+    def progress(self, store: Store) -> dict[str, Any] | None:
+        """Its one unit: Table 3 with a marker that proves it."""
+        if not store.exists(MANIFEST):
+            return None
+        done = int(bool(done_markers(store).done))
+        return {"what": "table", "done": done, "total": 1, "complete": bool(done)}
