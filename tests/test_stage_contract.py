@@ -149,7 +149,9 @@ def test_toy_stage_runs_resumes_after_a_kill_shows_in_status_and_report(toy):
     report = (store / "report.html").read_text()
     assert "6 unit files under toy/units/" in report  # the report's outputs table, one row per stage
     listed = (store / "report_tables" / "outputs.csv").read_text().splitlines()
-    assert [x for x in listed if x.startswith("toy,")] == [f"toy,toy/units/u{i:02d}/value.txt" for i in range(6)]
+    assert [x for x in listed if x.startswith("toy,")] == [
+        f"toy,toy/units/u{i:02d}/value.txt" for i in range(6)
+    ]
 
     changed = config("store", units=6, scale=3.0)  # an identity setting: refused, nothing overwritten
     res = vsp("run", str(changed), "--no-ray")
