@@ -34,6 +34,7 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_permutations.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -1,14 +1,12 @@
 """Batched probes (vsp.decode.probe) vs. a loop of scikit-learn fits: time and F1 agreement for one layer.
 
 Labels: the real CSLB norms (638 concepts x 390 properties, ``vsp.data.norms.load_cslb``). Features:
-synthetic,
-seeded, label-correlated, non-negative (softplus, like pooled ReLU activations), rows L2-normalised, one
-matrix per width (default 64, 512, 2048).
+synthetic, seeded, label-correlated, non-negative (softplus, like pooled ReLU activations), rows
+L2-normalised, one matrix per width (default 64, 512, 2048).
 
 (a) ours: ``vsp.decode.probe.probe_layer`` on all properties x 5 folds (StratifiedKFold folds,
-balanced-weight L2
-    logistic regression, per-fold F1), float32, ``torch.set_num_threads(cores)`` (the probe then splits the
-    problems over that many threads, see ``workers``).
+    balanced-weight L2 logistic regression, per-fold F1), float32, ``torch.set_num_threads(cores)`` (the
+    probe then splits the problems over that many threads, see ``workers``).
 (b) baseline: the same work as a loop of ``LogisticRegression(class_weight="balanced", C=C)`` fits (default
     lbfgs, tol=1e-4), one joblib task per property (its StratifiedKFold split, 5 fits, predictions, F1) with
     ``n_jobs`` = core count.

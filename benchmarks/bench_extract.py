@@ -1,8 +1,7 @@
 """One-pass all-layer extraction vs. a per-layer baseline: images/s and peak memory.
 
 (a) one-pass: ``vsp.extract.hooks.MultiNetExtractor``, one forward pass per network per batch, every tap
-pooled
-    inside its hook (all-conv + penultimate).
+    pooled inside its hook (all-conv + penultimate).
 (b) per-layer baseline (what a per-module extractor such as thingsvision does): for each tap, one forward pass
     per batch with a hook that keeps a copy of the *full* feature map on the host; after all batches the maps
     are concatenated and max-pooled.

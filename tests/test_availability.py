@@ -274,7 +274,9 @@ def test_a_refused_run_writes_nothing(tmp_path, world):
     before = {k: store.read_bytes(k) for k in [RUN_JSON, *store.list(RUNS)]}
     other = write_config(tmp_path / "b.yaml", world, str(store_dir), seed=1)
     res = runner.invoke(app, ["run", str(other), "--no-ray"])
-    assert res.exit_code == 3 and "different configuration" in res.output
+    assert (
+        res.exit_code == 3 and "holds a different run configuration (differs in: extract.seed)" in res.output
+    )
     assert {k: store.read_bytes(k) for k in [RUN_JSON, *store.list(RUNS)]} == before
 
     # refused by the feature manifest after run.json accepted it (run.json never bound extract)

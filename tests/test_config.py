@@ -331,7 +331,7 @@ def test_other_configuration_is_refused_once_results_exist(tmp_path):
         RunRecord.begin(store, small_config(tmp_path, seed=2, pooling="mean"))
     msg = str(err.value)
     assert "run.json holds a different run configuration" in msg
-    assert "extract: extract.pooling" in msg and "extract: extract.seed" in msg and "new store prefix" in msg
+    assert "(differs in: extract.pooling, extract.seed)" in msg and "new store prefix" in msg
     assert store.read_bytes(RUN_JSON) == before  # refused before writing anything
     RunRecord.begin(store, small_config(tmp_path, seed=1, batch_size=2)).finish()  # tuning is not identity
 

@@ -365,6 +365,15 @@ def _given(section: _Section, f: Any) -> str:
     return present[0] if present else names[0]
 
 
+def _is_name_map(raw: Any) -> bool:
+    """A non-empty mapping of names to non-empty strings (``similarity.pairs``, ``dict[str, str]`` fields)."""
+    return (
+        isinstance(raw, dict)
+        and bool(raw)
+        and all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in raw.items())
+    )
+
+
 def read_field(section: _Section, f: Any, hint: Any, base_dir: Path | None, key: str | None = None) -> Any:
     """One Config field from ``section`` by its type annotation and metadata checks.
 
@@ -418,11 +427,7 @@ def read_field(section: _Section, f: Any, hint: Any, base_dir: Path | None, key:
         raw = section.data.get(key)
         if raw is None:
             return default
-        if (
-            not isinstance(raw, dict)
-            or not raw
-            or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in raw.items())
-        ):
+        if not _is_name_map(raw):
             raise VspInputError(
                 f"{section.key(key)}: must be a mapping of names to non-empty strings, got {raw!r}"
             )
@@ -522,11 +527,7 @@ def _similarity_hooks(base: Path | None) -> dict[str, Hook]:
             raw = [raw]
         if isinstance(raw, list) and all(isinstance(p, str) and p.strip() for p in raw):
             raw = {Path(p).stem: p for p in raw}
-        if (
-            not isinstance(raw, dict)
-            or not raw
-            or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in raw.items())
-        ):
+        if not _is_name_map(raw):
             raise VspInputError(
                 f"similarity.pairs: a path, a list of paths or a mapping name -> path; got {raw!r}"
             )

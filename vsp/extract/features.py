@@ -49,9 +49,9 @@ class ExtractionConfig:
     """Everything that decides the numbers in the feature arrays (the resumability key).
 
     ``layers``: ``"paper"`` (default), ``"all-conv"``, ``"re:<regex>"`` or module names
-    (`vsp.extract.networks`).
-    ``activation``: the value each layer pools, ``"conv"`` (default: the tapped module's own output), ``"bn"``
-    (after the BatchNorm that follows it) or ``"relu"`` (that through a ReLU); see `vsp.extract.networks`.
+    (`vsp.extract.networks`). ``activation``: the value each layer pools, ``"conv"`` (default: the tapped
+    module's own output), ``"bn"`` (after the BatchNorm that follows it) or ``"relu"`` (that through a ReLU);
+    see `vsp.extract.networks`.
     """
 
     models: tuple[str, ...] = ("alexnet", "vgg16", "resnet34", "densenet169")

@@ -23,12 +23,10 @@ through a ReLU, computed in the hook (never read from the network's shared ReLU 
 ``max(relu(x)) == clamp(max(x), min=0)`` and max pooling just clamps the pooled vector; for mean pooling the
 map is clamped first, ``mean(relu(x))`` (one transient copy of that one map). The exact definition per
 network and tap is in :mod:`vsp.extract.networks` (:func:`vsp.extract.networks.activation_taps`). The
-penultimate tap is never
-changed: it is already the input of the classifier.
+penultimate tap is never changed: it is already the input of the classifier.
 
 DenseNet "paper" taps (see :mod:`vsp.extract.networks`): a dense layer's output is its 32 new (growth-rate)
-channels,
-the output of its 3x3 conv; a transition's output is after its average pool.
+channels, the output of its 3x3 conv; a transition's output is after its average pool.
 
 GPU options: ``dtype=torch.bfloat16`` (or ``float16``) runs the forward pass under ``torch.autocast`` (weights
 stay float32; pooled values are returned as float32, means accumulated in float32); ``channels_last=True``
@@ -118,11 +116,10 @@ class MultiNetExtractor:
 
     ``models``: names (a list or a comma-separated string). ``layers``, ``weights``: one value for all models
     or a mapping model -> value (see :func:`vsp.extract.networks.select_layers` and
-    :func:`vsp.extract.networks.load_model`).
-    ``pooling``: ``"max"`` (default) or ``"mean"``. ``activation``: ``"conv"`` (default), ``"bn"`` or
-    ``"relu"``, the value each layer tap pools (module docstring); every tap records the point it got
-    (``Tap.activation``).
-    ``penultimate``: also tap the classifier input (last in each model's tap list).
+    :func:`vsp.extract.networks.load_model`). ``pooling``: ``"max"`` (default) or ``"mean"``. ``activation``:
+    ``"conv"`` (default), ``"bn"`` or ``"relu"``, the value each layer tap pools (module docstring); every tap
+    records the point it got (``Tap.activation``). ``penultimate``: also tap the classifier input (last in
+    each model's tap list).
 
     Attributes: ``models`` (name -> module), ``taps`` (name -> list of :class:`Tap`, penultimate last),
     ``weights_identity`` (name -> identity string).

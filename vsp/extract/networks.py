@@ -11,10 +11,9 @@ Weights (:func:`load_model`):
 - ``"imagenet"``: the torchvision weight enum ``DEFAULT`` (downloaded once into ``$TORCH_HOME``; needs the
   network the first time). Identity is the enum name, e.g. ``"ResNet34_Weights.IMAGENET1K_V1"``.
 - anything else is a weights file, a local path or an ``s3://`` URI, read through
-  :func:`vsp.io.store.open_store`
-  and loaded with ``torch.load(weights_only=True)``. It must hold a ``state_dict`` for that architecture (a
-  ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper and a DataParallel ``module.`` prefix are accepted).
-  Identity ``"sha256:<hex of the file bytes>"``.
+  :func:`vsp.io.store.open_store` and loaded with ``torch.load(weights_only=True)``. It must hold a
+  ``state_dict`` for that architecture (a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper and a
+  DataParallel ``module.`` prefix are accepted). Identity ``"sha256:<hex of the file bytes>"``.
 
 Layer selections (:func:`select_layers`):
 

@@ -12,8 +12,7 @@ and is the resumability key: a rerun skips units whose marker exists. ``mapping/
 configuration (without the embedding and mapper selections, which may grow between runs), the norms digest
 and each mapped embedding's digest; a rerun with another configuration, other norms or a changed embedding
 is refused (`ConfigMismatchError`). ``mapping/table2.parquet`` (`vsp.mapping.mappers.summarise` of every
-finished
-unit: Hit@T pooled over folds) and ``mapping/table2.txt`` are rewritten at the end of each run.
+finished unit: Hit@T pooled over folds) and ``mapping/table2.txt`` are rewritten at the end of each run.
 
 Targets: the PF-valued property vectors (``norms.pf``) of the embedding's concepts that are in the norms and
 have at least one property; the candidate set of the ranking is all of those concepts (`vsp.mapping.mappers`).
@@ -23,14 +22,12 @@ Meta-embeddings and the test concepts (``meta_fit``)
     stored them, fitted once, label-free, on **all** concepts, including those each outer fold tests on
     (transductive; presumably as in the paper). ``"train"``: inductive; in each outer fold the unit refits
     the meta-embedding from the stored features on the fold's **training** concepts only (`MetaRefit`): SVD
-    projects the test concepts onto the training basis (`vsp.meta.methods.svd_meta_inductive`), 1ToN trains
-    on the
-    training concepts and solves the test concepts' meta-embeddings by least squares through its learned maps
-    (`vsp.meta.methods.onetoN_project`); a ``+text`` embedding then joins the text vectors as `vsp meta`
-    does. Each
-    fold's refitted image embedding is cached once under ``mapping/meta_fit/<image embedding>/<key>/`` (the
-    kNN, ridge and MLP units of that fold share it). Other embeddings are mapped as stored either way. The
-    choice is part of the run's identity and is printed under Table 2.
+    projects the test concepts onto the training basis (`vsp.meta.methods.svd_meta_inductive`), 1ToN trains on
+    the training concepts and solves the test concepts' meta-embeddings by least squares through its learned
+    maps (`vsp.meta.methods.onetoN_project`); a ``+text`` embedding then joins the text vectors as `vsp meta`
+    does. Each fold's refitted image embedding is cached once under ``mapping/meta_fit/<image
+    embedding>/<key>/`` (the kNN, ridge and MLP units of that fold share it). Other embeddings are mapped as
+    stored either way. The choice is part of the run's identity and is printed under Table 2.
 """
 
 from __future__ import annotations

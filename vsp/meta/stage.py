@@ -4,13 +4,12 @@ Embeddings (names are the keys everywhere downstream: `vsp map`, `vsp similarity
 
 - ``<model>/penultimate``: the network's penultimate representation as stored by `vsp extract`.
 - ``<model>/svd``: `vsp.meta.methods.svd_meta` over every tapped layer of the network except the penultimate
-  one
-  (all conv layers with ``--layers all-conv``), weights 1, second-to-last x5, last x10, ``dim`` dimensions.
+  one (all conv layers with ``--layers all-conv``), weights 1, second-to-last x5, last x10, ``dim``
+  dimensions.
 - ``<model>/1ton``: `vsp.meta.methods.onetoN_meta` over the same layers, size ``k``, seeded; as in the paper
-  the
-  sources are multiplied by the same weights (1, ..., second-to-last x5, last x10) and the betas of Eq. 1 are
-  1 (``onetoN_weighting="scale"``); ``"beta"`` puts 5 and 10 into the betas on unscaled sources instead. The
-  marker records the scales and betas used.
+  the sources are multiplied by the same weights (1, ..., second-to-last x5, last x10) and the betas of Eq. 1
+  are 1 (``onetoN_weighting="scale"``); ``"beta"`` puts 5 and 10 into the betas on unscaled sources instead.
+  The marker records the scales and betas used.
 - ``glove`` (GloVe 6B-50d package or a file whose name says glove) or ``text`` (any other word-vector file):
   text vectors of the concepts (`vsp.data.text.concept_vectors`; concepts without a vector are left out).
 - ``<image embedding>+<text name>``, e.g. ``resnet34/svd+glove``: multimodal, the concatenation of the
@@ -37,8 +36,7 @@ text vectors or norms) on the same prefix is refused with `ConfigMismatchError`.
 
 Decodability uses the decoding grid's rules exactly (`vsp.decode.stage.prepare`: concepts shared with the
 norms, properties with fewer than ``folds`` positives or negatives dropped, `vsp.decode.grid.decode_layer`
-with
-the same folds / seed / C), applied to each embedding's own concepts. ``overall`` is the mean F1 over all
+with the same folds / seed / C), applied to each embedding's own concepts. ``overall`` is the mean F1 over all
 decoded properties (as the decoding stage's summary).
 """
 

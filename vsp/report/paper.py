@@ -57,8 +57,7 @@ __all__ = [
 
 PAPER_MODELS = ("alexnet", "vgg16", "resnet34", "densenet169")
 #: Column order of Tables 1 and 4: the CSLB feature classes as in vsp.data.norms, then "overall", the mean F1
-#: over
-#: all properties (see the module docstring: what 11 of the paper's 12 rows show).
+#: over all properties (see the module docstring: what 11 of the paper's 12 rows show).
 CLASS_COLUMNS = (
     "encyclopaedic",
     "functional",
