@@ -301,7 +301,8 @@ def section_keys(cls: type) -> tuple[str, ...]:
     return (*keys, *(a for f in fields(cls) for a in f.metadata.get("aliases", ())))
 
 
-def _default(f: Any) -> Any:
+def field_default(f: Any) -> Any:
+    """A dataclass field's default (its factory's value), or ``MISSING``."""
     if f.default is not MISSING:
         return f.default
     if f.default_factory is not MISSING:
@@ -325,7 +326,7 @@ def section_identity(config: Any) -> dict[str, Any]:
         if not is_identity(f):
             continue
         value = getattr(config, f.name)
-        if f.metadata.get("added") and value == _default(f):
+        if f.metadata.get("added") and value == field_default(f):
             continue
         out[setting_key(f)] = plain(value)
     return out
@@ -381,7 +382,7 @@ def read_field(section: _Section, f: Any, hint: Any, base_dir: Path | None, key:
     """
     md = f.metadata
     key = key or _given(section, f)
-    default = _default(f)
+    default = field_default(f)
     t, optional = _split_optional(hint)
     value = section.data.get(key)
     if optional and value is None:

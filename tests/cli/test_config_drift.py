@@ -6,7 +6,7 @@ field by its parameter name (dashes as underscores) or by the field's run-file `
 
 from __future__ import annotations
 
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import pytest
 import typer
 
 from vsp.cli import app
-from vsp.config import NormsSpec, setting_key
+from vsp.config import NormsSpec, field_default, setting_key
 from vsp.decode.stage import DecodeConfig
 from vsp.extract.features import ExtractionConfig
 from vsp.mapping.stage import MappingConfig
@@ -41,14 +41,6 @@ EXEMPT = {
     # writes report.html in the working folder
     ("report", "out"),
 }
-
-
-def _default(f: Any) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return MISSING
 
 
 def _normalise(value: Any) -> Any:
@@ -97,7 +89,7 @@ def test_cli_defaults_are_the_config_defaults(command):
     for option, cli_default, cls, f in _matches(command):
         if (command, option) in EXEMPT:
             continue
-        want = _default(f)
+        want = field_default(f)
         if not _same(cli_default, want):
             drift.append(f"vsp {command} --{option}: CLI {cli_default!r}, {cls.__name__}.{f.name} {want!r}")
     assert not drift, "\n".join(drift)

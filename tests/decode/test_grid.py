@@ -14,6 +14,7 @@ from vsp.data.norms import FEATURE_CLASSES, FINE_GRAINED, Norms
 from vsp.decode import grid as decode
 from vsp.decode.grid import (
     aggregate,
+    aggregate_intervals,
     baseline_table,
     decode_layer,
     plot_figure1,
@@ -257,3 +258,18 @@ def test_penultimate_name_matches_networks():
     from vsp.extract.networks import PENULTIMATE
 
     assert decode.PENULTIMATE == PENULTIMATE
+
+
+def test_aggregate_intervals_bracket_the_same_means_over_properties():
+    df = synthetic_results()
+    agg = aggregate(df)
+    ivl = aggregate_intervals(df, n_resamples=499, seed=3)
+    pd.testing.assert_frame_equal(ivl[agg.columns], agg)  # the means are aggregate()'s, to the bit
+    assert (ivl["low"] <= ivl["f1"] + 1e-12).all() and (ivl["f1"] <= ivl["high"] + 1e-12).all()
+    assert set(ivl["ci_method"]) == {"bootstrap-percentile"} and (ivl["n_resamples"] == 499).all()
+    single = ivl["n_properties"] == 1
+    assert (ivl.loc[single, "low"] == ivl.loc[single, "high"]).all()
+    wide = ivl[ivl["n_properties"] >= 5]
+    assert (wide["high"] > wide["low"]).all()
+    again = aggregate_intervals(df, n_resamples=499, seed=3)
+    pd.testing.assert_frame_equal(again, ivl)  # seeded: reproducible

@@ -161,6 +161,21 @@ def _frame(table: pa.Table | pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+LAYER_KEYS = ("model", "layer_index", "layer")
+
+
+def per_property(table: pa.Table | pd.DataFrame) -> pd.DataFrame:
+    """Mean F1 over folds per (model, layer, property): the unit every class mean and interval is over."""
+    df = _frame(table) if isinstance(table, pa.Table) else table
+    return (
+        df.groupby([*LAYER_KEYS, "property", "feature_class", "fine_grained"], sort=False, observed=True)[
+            "f1"
+        ]
+        .mean()
+        .reset_index()
+    )
+
+
 def aggregate(table: pa.Table | pd.DataFrame) -> pd.DataFrame:
     """Mean F1 per (model, layer) and feature class / fine-grained type / all properties.
 
@@ -175,12 +190,8 @@ def aggregate(table: pa.Table | pd.DataFrame) -> pd.DataFrame:
     "penultimate"``). Sorted by model, layer index, grouping, group.
     """
     df = _frame(table)
-    keys = ["model", "layer_index", "layer"]
-    per_prop = (
-        df.groupby([*keys, "property", "feature_class", "fine_grained"], sort=False, observed=True)["f1"]
-        .mean()
-        .reset_index()
-    )
+    keys = list(LAYER_KEYS)
+    per_prop = per_property(df)
     parts = []
     for grouping in GROUPINGS:
         if grouping == "overall":
@@ -351,3 +362,29 @@ def plot_figure1(df: pd.DataFrame | pa.Table, out_png: str | os.PathLike | IO[by
 def plot_figure2(df: pd.DataFrame | pa.Table, out_png: str | os.PathLike | IO[bytes]) -> None:
     """Figure 2: mean F1 per fine-grained type (colour, shape/size, is, has, does, made-of), as Figure 1."""
     _plot(df, out_png, "fine_grained", "Decodability of fine-grained property types per convolutional layer")
+
+
+def aggregate_intervals(
+    table: pa.Table | pd.DataFrame, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """:func:`aggregate` with a bootstrap interval of every mean, over the properties of its group.
+
+    Adds ``low``, ``high``, ``ci_method``, ``n_resamples`` and ``confidence``; ``f1`` is :func:`aggregate`'s
+    own value (the interval's estimate is the same mean). Each group's resampling is seeded from ``seed`` and
+    the group's position, so the intervals are reproducible and independent of one another.
+    """
+    from vsp.stats import bootstrap_mean
+
+    df = _frame(table)
+    out = aggregate(df)
+    pp = per_property(df)
+    by_layer = {k: g for k, g in pp.groupby(list(LAYER_KEYS), sort=False)}
+    lows, highs, methods = [], [], []
+    for i, row in enumerate(out.itertuples(index=False)):
+        props = by_layer[(row.model, row.layer_index, row.layer)]
+        f1 = props["f1"] if row.grouping == "overall" else props.loc[props[row.grouping] == row.group, "f1"]
+        ci = bootstrap_mean(f1.to_numpy(), n_resamples, confidence, seed=np.random.default_rng([seed, i]))
+        lows.append(ci.low)
+        highs.append(ci.high)
+        methods.append(ci.method)
+    return out.assign(low=lows, high=highs, ci_method=methods, n_resamples=n_resamples, confidence=confidence)
