@@ -14,6 +14,7 @@ from typing import Any
 import ray
 
 from cluster.executor import gather, worker_device
+from cluster.runtime import has_gpus
 from vsp.data.norms import Norms
 from vsp.decode.stage import (
     DecodeConfig,
@@ -58,8 +59,7 @@ def run_decode_ray(
         if connect is not None:
             connect()
         task_ref = ray.put(task)
-        gpus = ray.cluster_resources().get("GPU", 0)
-        opts = {"num_gpus": 1} if gpus else {}
+        opts = {"num_gpus": 1} if has_gpus() else {}
         groups = [todo[i : i + layers_per_task] for i in range(0, len(todo), layers_per_task)]
         refs = {decode_layers_task.options(**opts).remote(store.uri, task_ref, g): len(g) for g in groups}
         fits = gather(refs, len(todo), progress)

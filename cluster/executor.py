@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from cluster.runtime import has_gpus
 from cluster.waiting import get, wait_any
 from vsp.stage import Resources, pick_device
 
@@ -67,14 +68,13 @@ class RayExecutor:
             self.connected = True
 
     def _options(self, resources: Resources) -> dict[str, Any]:
-        gpus = resources.gpus if ray.cluster_resources().get("GPU", 0) >= max(resources.gpus, 1e-9) else 0
         opts: dict[str, Any] = {
             "num_cpus": resources.cpus,
             "max_retries": MAX_RETRIES,
             "retry_exceptions": True,
         }
-        if gpus:
-            opts["num_gpus"] = gpus
+        if resources.gpus and has_gpus():  # a GPU share only where the cluster has GPUs, else the CPU
+            opts["num_gpus"] = resources.gpus
         return opts
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], resources: Resources) -> Iterator[Any]:

@@ -21,6 +21,7 @@ from typing import Any
 import ray
 
 from cluster.executor import gather, worker_device
+from cluster.runtime import has_gpus
 from vsp.data.norms import Norms
 from vsp.io.store import open_store
 from vsp.mapping.stage import (
@@ -84,7 +85,7 @@ def run_mapping_ray(
         if connect is not None:
             connect()
         refs_by_name = {d.name: ray.put(d) for d in data if any(u.embedding == d.name for u in todo)}
-        gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        gpu = has_gpus()
         refs = {}
         for group in group_units(todo):
             opts = {"num_gpus": gpus_per_mlp_task} if gpu and group[0].mapper == "mlp" else {}

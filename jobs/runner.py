@@ -66,8 +66,12 @@ def run_pipeline(
     stages: Sequence[str] | None = None,
     address: str | None = None,
     no_ray: bool = False,
+    reporter: Callable[[str, str, str], Callable[..., None]] | None = None,
 ) -> RunRecord:
-    """Run the configuration's stages (or ``stages``), in pipeline order, recording every step in run.json."""
+    """Run the configuration's stages (or ``stages``), in pipeline order, recording every step in run.json.
+
+    ``reporter`` makes each stage's progress callback (``vsp.stage.StageContext.reporter``: the CLI's bars).
+    """
     if stages is not None:
         config = config.with_stages(tuple(stages))
     # bad input (norms, images) is refused before anything is written
@@ -80,7 +84,7 @@ def run_pipeline(
     try:
         # Ray is connected lazily (ctx.connect), by the first stage that has work for it
         executor = make_executor(not no_ray, address)
-        ctx = StageContext(config, store, executor, record, _norms=norms, inputs=inputs)
+        ctx = StageContext(config, store, executor, record, _norms=norms, inputs=inputs, reporter=reporter)
         for name in run_stage_list(config):
             stage = pipeline.get(name)
             record.stage_started(name)

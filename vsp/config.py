@@ -665,12 +665,16 @@ class RunConfig:
             return self.extra[name]
         return config_class(name)()  # KeyError naming the stages for an unknown one
 
+    def norms_dict(self) -> dict[str, Any] | None:
+        """The norms section as the run record and the identities hold it (None without norms)."""
+        return plain(asdict(self.norms)) if self.norms is not None else None
+
     def to_dict(self) -> dict[str, Any]:
         """The normalised configuration as plain JSON/YAML types (``from_dict`` reads it back)."""
         out: dict[str, Any] = {
             "store": self.store,
             "images": self.images,
-            "norms": plain(asdict(self.norms)) if self.norms is not None else None,
+            "norms": self.norms_dict(),
             "stages": list(self.stages),
         }
         for name in BUILTIN:
@@ -707,9 +711,7 @@ class RunConfig:
 
     def meta_decode_config(self) -> DecodeConfig:
         """The decodability step of the meta stage (folds, seed, C as `vsp meta`)."""
-        from vsp.decode.stage import DecodeConfig
-
-        return DecodeConfig(folds=self.meta.folds, seed=self.meta.seed, C=self.meta.C)
+        return self.meta.decodability_config()
 
     def mapping_config(self) -> MappingConfig:
         """The map stage's config (``self.map``)."""

@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from vsp.errors import VspInputError
-from vsp.io.bookkeeping import open_manifest, read_markers, scan_markers, verify_outputs, write_marker
+from vsp.io.bookkeeping import (
+    MarkerScan,
+    open_manifest,
+    read_markers,
+    scan_markers,
+    verify_outputs,
+    write_marker,
+)
 from vsp.io.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -64,6 +71,10 @@ class Executor(Protocol):
 
     distributed: bool
 
+    def connect(self) -> None:
+        """Join the cluster, once, when a stage has work for it (nothing to do for local runs)."""
+        ...
+
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], resources: Resources) -> Iterator[Any]:
         """``fn(item)`` for every item; results as they finish (any order)."""
         ...
@@ -81,6 +92,9 @@ class LocalExecutor:
     """Runs every unit in this process, in plan order (``--no-ray``, notebooks, tests)."""
 
     distributed = False
+
+    def connect(self) -> None:
+        """Nothing to join."""
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], resources: Resources) -> Iterator[Any]:
         """``fn(item)`` for each item in turn."""
@@ -118,6 +132,8 @@ class StageContext:
     _norms: Any = field(default=None, repr=False)
     #: What each stage's :meth:`Stage.check_inputs` returned (read before the store was touched)
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: Makes a stage's progress callback from (stage, unit, what): the CLI's bars; default: log lines
+    reporter: Callable[[str, str, str], Callable[..., None]] | None = None
 
     @property
     def distributed(self) -> bool:
@@ -126,9 +142,7 @@ class StageContext:
 
     def connect(self) -> None:
         """Join the cluster now (a stage calls it only when it has work for it); nothing for local runs."""
-        connect = getattr(self.executor, "connect", None)
-        if connect is not None:
-            connect()
+        self.executor.connect()
 
     def settings(self, stage: str) -> Any:
         """The stage's Config, as the run file (or the CLI) set it."""
@@ -153,7 +167,9 @@ class StageContext:
         return self._norms
 
     def progress(self, stage: str, unit: str, what: str) -> Callable[..., None]:
-        """A progress callback that logs one line per finished unit (job logs have no progress bars)."""
+        """A progress callback: the reporter's (a bar), else one log line per finished unit (job logs)."""
+        if self.reporter is not None:
+            return self.reporter(stage, unit, what)
         t0 = time.perf_counter()
 
         def report(done: int, total: int, count: int | None = None) -> None:
@@ -194,14 +210,11 @@ class Stage:
         The run record keeps it per stage (``RunConfig.stage_identity``) and a rerun on the same prefix must
         match it; tuning settings (``setting(identity=False)``) are left out.
         """
-        from dataclasses import asdict
+        from vsp.config import section_identity
 
-        from vsp.config import plain, section_identity
-
-        out: dict[str, Any] = {}
-        for need in self.needs:
-            value = run.norms if need == "norms" else getattr(run, need)
-            out[need] = plain(asdict(value)) if need == "norms" and value is not None else value
+        out: dict[str, Any] = {
+            need: run.norms_dict() if need == "norms" else getattr(run, need) for need in self.needs
+        }
         out[self.name] = section_identity(run.settings(self.name))
         return out
 
@@ -249,8 +262,6 @@ class Stage:
         done = self.done_units(store, keys)
         pending = [u for u in units if u.key not in done]
         progress = ctx.progress(self.name, self.unit_word, self.unit_word)
-        if pending and ctx.distributed:
-            ctx.connect()
         task = _UnitTask(type(self), store.uri, config)
         for i, _ in enumerate(ctx.executor.map(task, pending, self.resources), 1):
             progress(len(done) + i, len(units))
@@ -308,11 +319,19 @@ class Stage:
         done = len(self.done_units(store, keys))
         return {"what": self.unit_word, "done": done, "total": len(keys), "complete": done == len(keys)}
 
+    def marker_scans(self, store: Store) -> list[MarkerScan]:
+        """Its markers checked against its data, one scan per marker folder (``marker_prefixes``).
+
+        A stage whose older markers did not list their outputs overrides this with its own scan, which
+        knows where such a unit's data lives.
+        """
+        prefixes = self.marker_prefixes if self.marker_prefixes is not None else (f"{self.root}/done",)
+        return [scan_markers(store, f"{p}/", [f"{self.root}/"]) for p in prefixes]
+
     def outputs(self, store: Store) -> list[str]:
         """Store keys of the outputs its markers cover (the report lists them)."""
-        prefix = f"{self.root}/done/"
-        scan = scan_markers(store, prefix, [f"{self.root}/"])
-        return sorted({o["key"] for doc in scan.done.values() for o in doc.get("outputs", [])})
+        docs = [doc for scan in self.marker_scans(store) for doc in scan.done.values()]
+        return sorted({o["key"] for doc in docs for o in doc.get("outputs", [])})
 
     def verify(self, store: Store) -> tuple[int, list[str]]:
         """Re-read every marked output against its recorded sha256: (markers checked, markers that differ)."""

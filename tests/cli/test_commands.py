@@ -72,6 +72,7 @@ def test_extract_refuses_other_configuration_on_same_store(tmp_path):
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "4 images" in first.stdout
+    assert "extract: 100%" in first.stderr and "1/1" in first.stderr  # the stage's progress bar (1 unit)
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "nothing to do" in again.stdout
     other = runner.invoke(app, [*args, "--seed", "1"])

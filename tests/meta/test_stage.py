@@ -191,6 +191,11 @@ def test_decodability_uses_the_decoding_grid_rules_and_resumes(tmp_path, built, 
         assert got["f1"].tolist() == want["f1"].tolist()
         assert got["n_properties"].tolist() == want["n_properties"].tolist()
     assert run_decodability_local(store, norms, config).run == 0
+    from vsp.meta.stage import MetaStage, decode_result_path, embedding_path
+
+    listed = MetaStage().outputs(store)  # what the report lists: embeddings and their decodability rows
+    for name in embedding_names(store):
+        assert embedding_path(name) in listed and decode_result_path(name) in listed
     with pytest.raises(ConfigMismatchError, match="config"):
         run_decodability_local(store, norms, DecodeConfig(folds=4, seed=1))
     store.delete(decode_marker_path("netA/svd"))  # unmarked rows are not read

@@ -272,9 +272,25 @@ def run_stages(
     Relative paths resolve against ``base_dir`` (default: the working directory, where options are read).
     Returns the configuration and each stage's recorded counts (``summary`` among them).
     """
-    from jobs.runner import run_pipeline
     from vsp.config import RunConfig
 
     cfg = RunConfig.from_dict(doc, base_dir=base_dir if base_dir is not None else Path.cwd(), source=source)
-    record = run_pipeline(cfg, stages, address=address, no_ray=no_ray)
+    record = run_with_bars(cfg, stages, address=address, no_ray=no_ray)
     return cfg, dict(record.attempt.get("stage_counts", {}))
+
+
+def run_with_bars(cfg: Any, stages: list[str] | None = None, **kwargs: Any) -> Any:
+    """``jobs.runner.run_pipeline`` with a progress bar per stage step (closed however the run ends)."""
+    from jobs.runner import run_pipeline
+
+    bars: list[Progress] = []
+
+    def bar(stage: str, unit: str, what: str) -> Progress:
+        bars.append(Progress(stage, unit, what))
+        return bars[-1]
+
+    try:
+        return run_pipeline(cfg, stages, reporter=bar, **kwargs)
+    finally:
+        for b in bars:
+            b.close()

@@ -31,7 +31,7 @@ def demo(
     """
     import yaml
 
-    from jobs.runner import run_pipeline
+    from vsp.cli.app import run_with_bars
     from vsp.cli.decode import print_summary_table
     from vsp.cli.mapping import map_lines
     from vsp.cli.meta import meta_lines
@@ -69,7 +69,7 @@ def demo(
     run_file.write_text(RUN_FILE_HEADER + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     typer.echo(f"[run] {run_file}: the demo's run file (`vsp run {run_file}` runs the same pipeline)")
     cfg = load_run_config(run_file)
-    record = run_pipeline(cfg, no_ray=no_ray)
+    record = run_with_bars(cfg, no_ray=no_ray)
     counts = record.attempt["stage_counts"]
     store = cfg.store
     st = open_store(store)

@@ -338,6 +338,10 @@ class DecodeStage(Stage):
         )  # fmt: skip
         return self.counts(summary, fits=summary.fits, outputs=list(summary.outputs))
 
+    def marker_scans(self, store: Store) -> list[MarkerScan]:
+        """Every layer's marker against its Parquet (older markers without outputs included)."""
+        return [done_markers(store)]
+
     def progress(self, store: Store) -> dict[str, Any] | None:
         """Layers whose marker proves its rows, of the feature store's layers the stage decodes."""
         if not store.exists(MANIFEST):

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from vsp.config import plain, section_identity
+from vsp.config import section_identity
 from vsp.data.images import ImageRecord, decode_batch
 from vsp.errors import VspInputError
 from vsp.extract.features import MANIFEST as FEATURES_MANIFEST
@@ -282,7 +282,7 @@ class ExtractStage(Stage):
         """The images, the extraction settings, and the norms only when they restrict the concepts."""
         config = run.settings(self.name)
         restrict = config.only_norm_concepts and run.norms is not None
-        norms = plain(asdict(run.norms)) if restrict and run.norms is not None else None
+        norms = run.norms_dict() if restrict else None
         return {"images": run.images, "norms": norms, "extract": section_identity(config)}
 
     def check_inputs(self, run: RunConfig) -> list[Any]:

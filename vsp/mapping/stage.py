@@ -777,6 +777,10 @@ class MapStage(Stage):
         )  # fmt: skip
         return self.counts(summary, folds=summary.folds, outputs=list(summary.outputs))
 
+    def marker_scans(self, store: Store) -> list[MarkerScan]:
+        """Every unit's marker against its Parquet (older markers without outputs included)."""
+        return [done_markers(store)]
+
     def progress(self, store: Store) -> dict[str, Any] | None:
         """Mapping units (markers) of the grid: mapped embeddings x mappers x repeats x fold chunks."""
         from vsp.mapping.mappers import MAPPERS

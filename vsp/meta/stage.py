@@ -59,11 +59,12 @@ import pyarrow as pa
 from vsp.config import SEED_MAX, manifest_fields, setting
 from vsp.data.norms import FEATURE_CLASSES, FINE_GRAINED, Norms
 from vsp.errors import VspInputError
-from vsp.io.bookkeeping import digest, open_manifest, scan_markers, write_marker, write_output
+from vsp.io.bookkeeping import MarkerScan, digest, open_manifest, scan_markers, write_marker, write_output
 from vsp.io.store import Store
 from vsp.stage import Resources, Stage, StageContext, pick_device
 
 if TYPE_CHECKING:  # vsp.extract.features (zarr) is imported only where features are read
+    from vsp.decode.stage import DecodeConfig
     from vsp.extract.features import FeatureStore, LayerInfo
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,12 @@ class MetaConfig:
         if self.text.lower() in GLOVE_ALIASES or "glove" in Path(self.text).name.lower():
             return "glove"
         return "text"
+
+    def decodability_config(self) -> DecodeConfig:
+        """The decodability step's decoding settings: this section's folds, seed and C."""
+        from vsp.decode.stage import DecodeConfig
+
+        return DecodeConfig(folds=self.folds, seed=self.seed, C=self.C)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready fields (tuples as lists), as recorded in the manifest."""
@@ -741,12 +748,13 @@ def describe(store: Store) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the stage
-def build_all(store_uri: str, config: MetaConfig, norms: Norms | None, progress=None) -> dict[str, Any]:
+def build_all(
+    store_uri: str, config: MetaConfig, norms: Norms | None, progress=None, decode_progress=None
+) -> dict[str, Any]:
     """Build the embeddings and (with norms) their decodability on ``store_uri``; the stage's counts.
 
     One call: on a cluster it runs as one task (with a GPU when the cluster has one: 1ToN trains on it).
     """
-    from vsp.decode.stage import DecodeConfig
     from vsp.io.store import open_store
 
     st = open_store(store_uri)
@@ -762,8 +770,10 @@ def build_all(store_uri: str, config: MetaConfig, norms: Norms | None, progress=
     if norms is None:
         counts["decodability"] = "skipped: no norms in the configuration"
         return counts
-    decode_config = DecodeConfig(folds=config.folds, seed=config.seed, C=config.C)
-    dec = run_decodability_local(st, norms, decode_config, device=pick_device(), threads=config.threads)
+    dec = run_decodability_local(
+        st, norms, config.decodability_config(), device=pick_device(), threads=config.threads,
+        progress=decode_progress,
+    )  # fmt: skip
     write_text(st, DECODABILITY_TXT, decodability_table(st))
     counts.update(
         decoded_total=dec.total, decoded_run=dec.run, decoded_skipped=dec.total - dec.run, fits=dec.fits,
@@ -810,12 +820,26 @@ class MetaStage(Stage):
         if ctx.distributed and not finished(ctx.store, norms is not None):
             counts = ctx.executor.call(build_all, ctx.store.uri, config, norms, resources=self.resources)
         else:
+            decode_progress = (
+                ctx.progress("decodability", "embeddings", "fits") if norms is not None else None
+            )
             counts = build_all(
-                ctx.store.uri, config, norms, ctx.progress(self.name, "embeddings", "embeddings")
+                ctx.store.uri,
+                config,
+                norms,
+                ctx.progress(self.name, "embeddings", "embeddings"),
+                decode_progress,
             )
         if "fits" in counts:
             log.info("%s", counts["decodability"])
         return counts
+
+    def marker_scans(self, store: Store) -> list[MarkerScan]:
+        """The embeddings' markers and the decodability markers, each against its Parquet files."""
+        return [
+            scan_markers(store, f"{ROOT}/done", [f"{ROOT}/embeddings"], _legacy_outputs),
+            scan_markers(store, f"{ROOT}/decode/done", [f"{ROOT}/decode/results"], _legacy_outputs),
+        ]
 
     def progress(self, store: Store) -> dict[str, Any] | None:
         """Embeddings built (markers) of the planned ones; with a decodability run, its markers count too."""

@@ -335,11 +335,10 @@ class _Context:
         return [decode_result_path(n) for n in dict.fromkeys(rows.get("embedding", []))], rows
 
     def _table2(self) -> tuple[list[str], pd.DataFrame]:
-        from vsp.mapping.stage import done_markers, read_table2
+        from vsp.mapping.stage import MapStage, read_table2
 
         table = read_table2(self.store)
-        units = [o["key"] for d in done_markers(self.store).done.values() for o in d.get("outputs", ())]
-        return (units if len(table) else []), table
+        return (MapStage().outputs(self.store) if len(table) else []), table
 
     def _table3(self) -> tuple[list[str], pd.DataFrame]:
         from vsp.similarity.stage import TABLE3, read_table3

@@ -335,6 +335,10 @@ class SimilarityStage(Stage):
             "summary": summary.line(),
         }
 
+    def marker_scans(self, store: Store) -> list[MarkerScan]:
+        """Table 3's marker against its files (a store from before the marker included)."""
+        return [done_markers(store)]
+
     def progress(self, store: Store) -> dict[str, Any] | None:
         """Its one unit: Table 3 with a marker that proves it."""
         if not store.exists(MANIFEST):
