@@ -5,7 +5,13 @@ DenseNet169: all-conv + penultimate = 226 layers), written through the real feat
 is the cost of the grid (440,700 fits), not its F1. Runs the decode stage in this process (``--ray`` for the
 embedded Ray fan-out).
 
-    python benchmarks/bench_full_grid.py [--store /tmp/vsp-full-grid] [--ray]
+    python benchmarks/bench_full_grid.py [--store /tmp/vsp-full-grid] [--ray] [--repeats 5]
+
+``--repeats R`` then adds R - 1 repeats of the folds to the same store (the inference rows join the decoded
+run; the single split is not refitted) and times that too, with the bootstrap intervals of every mean; it
+prints the cost of the grid with ``repeats: R`` against the single split, and what the random-weight control
+adds (its decoding is the same grid again on features of the same widths; its extraction is one more
+extraction pass, see ``bench_extract.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ def main() -> None:
     ap.add_argument("--norms", default=str(REPO.parent / "shared" / "data" / "cslb" / "norms.dat"))
     ap.add_argument("--store", default="/tmp/vsp-full-grid")
     ap.add_argument("--ray", action="store_true", help="fan layers out over an embedded Ray")
+    ap.add_argument("--repeats", type=int, default=1, help="then add repeats of the folds and time them")
     args = ap.parse_args()
     shutil.rmtree(args.store, ignore_errors=True)
     norms = load_cslb(args.norms)
@@ -70,6 +77,20 @@ def main() -> None:
     )
     print(f"wall {wall:.1f} s ({where}), {summary.fits / wall:.0f} fits/s")
     print(summary.line())
+    if args.repeats > 1:
+        t1 = time.perf_counter()
+        more = run_decode_local(store, norms, DecodeConfig(repeats=args.repeats))
+        extra = time.perf_counter() - t1
+        total = wall + extra
+        print(
+            f"repeats {args.repeats}: {more.fits} more fits in {extra:.1f} s (intervals included); "
+            f"grid with repeats {args.repeats}: {total:.1f} s = {total / wall:.2f}x the single split"
+        )
+        print(
+            f"random-weight control (decoding only, the same grid on the twin's features): + {total:.1f} s, "
+            f"so repeats {args.repeats} + control: {2 * total:.1f} s of decoding; its extraction costs one "
+            "more extraction pass (bench_extract.py)"
+        )
 
 
 if __name__ == "__main__":

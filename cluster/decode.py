@@ -20,6 +20,7 @@ from vsp.decode.stage import (
     DecodeConfig,
     DecodeSummary,
     finish,
+    open_inference,
     open_run,
     pending,
     prepare,
@@ -54,7 +55,8 @@ def run_decode_ray(
     store = open_store(store_uri)
     task, layers, identity = prepare(FeatureStore(store), norms, config)
     open_run(store, identity)
-    todo = pending(store, layers)
+    open_inference(store, config)
+    todo = pending(store, layers, config)
     if todo:
         if connect is not None:
             connect()
@@ -65,5 +67,5 @@ def run_decode_ray(
         fits = gather(refs, len(todo), progress)
     else:
         fits = 0
-    outputs = finish(store, layers)
+    outputs = finish(store, layers, config)
     return DecodeSummary(store.uri, len(layers), len(todo), fits, time.perf_counter() - t0, outputs)

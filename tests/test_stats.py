@@ -139,3 +139,9 @@ def test_paired_comparison_exact_sign_flip_and_interval():
     assert res.pvalue == pytest.approx(6 / 16) and res.mean_difference == pytest.approx(0.125)
     assert res.interval.low <= 0.125 <= res.interval.high
     assert paired_comparison(a, a).pvalue == 1.0
+    one = paired_comparison([0.7], [0.2])  # one property in a class: the two sign flips tie, p = 1
+    assert (
+        one.pvalue == 1.0
+        and one.mean_difference == pytest.approx(0.5)
+        and one.interval.low == one.interval.high
+    )

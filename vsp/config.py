@@ -104,8 +104,16 @@ def plain(x: Any) -> Any:
 
 
 def identity_fields(config: Any) -> dict[str, Any]:
-    """A stage Config's identity settings as plain JSON types (tuning fields left out)."""
-    return {f.name: plain(getattr(config, f.name)) for f in fields(config) if is_identity(f)}
+    """A stage Config's identity settings as plain JSON types (tuning fields left out).
+
+    A field marked ``added=True`` appears only when it is not at its default, as in :func:`section_identity`,
+    so a stage manifest written before the setting existed still matches.
+    """
+    return {
+        f.name: plain(getattr(config, f.name))
+        for f in fields(config)
+        if is_identity(f) and not (f.metadata.get("added") and getattr(config, f.name) == field_default(f))
+    }
 
 
 def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:

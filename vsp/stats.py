@@ -223,7 +223,7 @@ def paired_comparison(
     d = x - y
     rng = _rng(seed)
     interval = bootstrap_mean(d, n_resamples=min(n_resamples, 9999), confidence=confidence, seed=rng)
-    if np.all(d == 0):
+    if np.all(d == 0) or d.size == 1:  # one pair: both of its two sign flips are as extreme, p = 1 exactly
         pvalue = 1.0
     else:
         exact = d.size <= 12

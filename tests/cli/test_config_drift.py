@@ -58,6 +58,8 @@ def _normalise(value: Any) -> Any:
 
 
 def _same(cli: Any, config: Any) -> bool:
+    if cli == config:  # the same text (a choice spelled "none" stays a choice)
+        return True
     cli = _normalise(cli)
     if isinstance(config, tuple) and isinstance(cli, str):
         cli = (cli,)

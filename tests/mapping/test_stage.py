@@ -108,6 +108,15 @@ def test_units_schema_table2_and_equality_with_evaluate(tmp_path, meta_store, no
     assert "Hit@20" in text and "netA/svd" in text and "[" not in text  # the run's numbers only
     # the stage's reader: Table 2 from the marked units, as stored
     assert read_table2(store).equals(store.read_parquet(TABLE2).to_pandas())
+    # beside Table 2: its intervals (estimates are its own numbers) and the paired tests on the same folds
+    from vsp.mapping.statistics import read_table2_statistics
+
+    intervals, comps = read_table2_statistics(store)
+    for r in intervals.itertuples(index=False):
+        got = t2[(t2["embedding"] == r.embedding) & (t2["mapper"] == r.mapper)].iloc[0]
+        assert r.estimate == pytest.approx(got[f"hit{r.hit}"]) and r.low <= r.estimate <= r.high
+    assert len(intervals) == 9 * 4 and len(comps) == 3 * 3 * 4  # 3 pairs of embeddings x 3 mappers x 4 T
+    assert (comps["n_folds"] == 6).all() and comps["pvalue"].between(0, 1).all()
 
 
 def test_resume_incremental_selection_and_refusal(tmp_path, meta_store, norms):

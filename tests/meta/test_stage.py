@@ -190,6 +190,23 @@ def test_decodability_uses_the_decoding_grid_rules_and_resumes(tmp_path, built, 
         assert got["group"].tolist() == want["group"].tolist()
         assert got["f1"].tolist() == want["f1"].tolist()
         assert got["n_properties"].tolist() == want["n_properties"].tolist()
+    # beside the table: its intervals (the same means) and each meta-embedding against the penultimate
+    from vsp.decode.grid import per_property
+    from vsp.meta.statistics import read_decodability_statistics
+    from vsp.stats import paired_comparison
+
+    intervals, comps = read_decodability_statistics(store)
+    merged = agg.merge(intervals, on=["embedding", "grouping", "group"], suffixes=("", "_iv"))
+    assert len(merged) == len(agg) and merged["f1"].tolist() == merged["f1_iv"].tolist()
+    assert (merged["low"] <= merged["f1"] + 1e-12).all() and (merged["f1"] <= merged["high"] + 1e-12).all()
+    assert set(comps["baseline"]) == {"netA/penultimate"} and "text" not in set(comps["embedding"])
+    assert set(comps["embedding"]) == set(embedding_names(store)) - {"netA/penultimate", "text"}
+    row = comps[(comps["embedding"] == "netA/svd") & (comps["group"] == "overall")].iloc[0]
+    pa_, pb = (per_property(rows[rows["embedding"] == n]) for n in ("netA/svd", "netA/penultimate"))
+    both = pa_.merge(pb[["property", "f1"]], on="property")
+    ref = paired_comparison(both["f1_x"], both["f1_y"], n_resamples=5000)
+    assert row["mean_difference"] == pytest.approx(ref.mean_difference) and 0 < row["pvalue"] <= 1
+    assert row["n_properties"] == len(both) and (comps["p_bh"] >= comps["pvalue"] - 1e-12).all()
     assert run_decodability_local(store, norms, config).run == 0
     from vsp.meta.stage import MetaStage, decode_result_path, embedding_path
 

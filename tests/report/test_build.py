@@ -103,6 +103,11 @@ def plant_stage_outputs(store, model: str, norms: Norms, seed: int = 0) -> None:
     )
     for name in ("figure1", "figure2"):
         store.write_bytes(f"decode/{name}.png", _png(name))
+    from vsp.decode.grid import aggregate_intervals
+    from vsp.decode.inference import INTERVALS
+
+    rows = store.read_parquet(f"decode/results/{model}/penultimate.parquet")
+    store.write_parquet(INTERVALS, pa.Table.from_pandas(aggregate_intervals(rows, 200), preserve_index=False))
     metas = {k.format(model=model): v for k, v in PLANTED_META.items()}
     store.write_json("meta/manifest.json", {"identity": {}, "plan": [{"name": n} for n in metas]})
     for emb, kind in metas.items():
@@ -199,7 +204,7 @@ def assert_self_contained(text: str) -> None:
 def _sections(path: Path) -> dict[str, bool]:
     text = path.read_text(encoding="utf-8")
     out = {}
-    for sid in ("run", "figures", "table1", "table2", "table3", "table4", "explain"):
+    for sid in ("run", "figures", "table1", "table2", "table3", "table4", "statistics", "explain"):
         m = re.search(rf'<section id="{sid}"( class="notrun")?>', text)
         assert m, sid
         out[sid] = m.group(1) is None
@@ -212,10 +217,14 @@ def test_empty_store_renders_every_section_as_not_run(tmp_path):
     assert res.path.is_file() and res.tables_dir.is_dir() and res.csv == []
     assert set(res.sections.values()) == {"not run"}
     assert _sections(res.path) == dict.fromkeys(
-        ("run", "figures", "table1", "table2", "table3", "table4", "explain"), False
+        ("run", "figures", "table1", "table2", "table3", "table4", "statistics", "explain"), False
     ) | {"run": True}  # noqa: E501
     text = res.path.read_text(encoding="utf-8")
-    assert text.count("<b>Not run</b>") == 6 and "no features/manifest.json" in text
+    assert (
+        text.count("<b>Not run</b>") == 6
+        and "No statistics in this run" in text
+        and "no features/manifest.json" in text
+    )
     assert_self_contained(text)
 
 
@@ -233,6 +242,7 @@ def test_sections_follow_the_stages_present(tmp_path):
         "table2": False,
         "table3": False,
         "table4": False,
+        "statistics": False,
         "explain": False,
     }
 
@@ -248,9 +258,10 @@ def test_sections_follow_the_stages_present(tmp_path):
         "table2": False,
         "table3": False,
         "table4": True,
+        "statistics": True,
         "explain": False,
     }
-    assert sorted(p.name for p in res.csv) == ["table1.csv", "table4.csv"]
+    assert sorted(p.name for p in res.csv) == ["statistics_decode_intervals.csv", "table1.csv", "table4.csv"]
     t1 = pd.read_csv(res.tables_dir / "table1.csv")
     assert list(t1.columns) == ["embedding", *paper.CLASS_COLUMNS] and len(t1) == 1
     df = st.read_parquet("decode/results/resnet18/penultimate.parquet").to_pandas()
@@ -270,9 +281,16 @@ def test_sections_follow_the_stages_present(tmp_path):
         "table2": True,
         "table3": True,
         "table4": True,
+        "statistics": True,
         "explain": False,
     }
-    assert sorted(p.name for p in res.csv) == ["table1.csv", "table2.csv", "table3.csv", "table4.csv"]
+    assert sorted(p.name for p in res.csv if p.name.startswith("table")) == [
+        "table1.csv",
+        "table2.csv",
+        "table3.csv",
+        "table4.csv",
+    ]
+    assert "statistics_decode_intervals.csv" in {p.name for p in res.csv}
     text = out.read_text(encoding="utf-8")
     assert_self_contained(text)
     assert "Pipeline stages (run.json)" in text and "complete (started 2026-01-01T00:00:00Z" in text
@@ -449,7 +467,11 @@ def test_report_reads_only_what_the_stages_markers_cover(tmp_path):
         ),
     )  # no marker
     after = {p.stem: pd.read_csv(p) for p in write_report(st, out, norms=norms).csv}
-    assert before.keys() == after.keys() == {"table1", "table2", "table3", "table4"}
+    assert (
+        before.keys()
+        == after.keys()
+        == {"table1", "table2", "table3", "table4", "statistics_decode_intervals"}
+    )
     for name in before:
         pd.testing.assert_frame_equal(before[name], after[name])
     text = out.read_text(encoding="utf-8")

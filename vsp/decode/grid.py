@@ -79,6 +79,8 @@ def decode_layer(
     fine_grained: Sequence[str] | None = None,
     tol: float | None = None,
     workers: int | None = None,
+    C_grid: Sequence[float] | None = None,
+    inner_folds: int = 3,
 ) -> pa.Table:
     """Probe every property on one layer; one row per (property, fold) with the columns of :data:`SCHEMA`.
 
@@ -100,6 +102,9 @@ def decode_layer(
         fine_grained: fine-grained type per property (default: the Norms').
         tol: solver tolerance (see :func:`vsp.decode.probe.fit_logreg_batched`).
         workers: CPU threads the problems are split over (default: torch's thread count).
+        C_grid: choose C per (property, fold) from these by nested CV on ``inner_folds`` inner folds of the
+            training concepts (:mod:`vsp.decode.nested`); the rows then get the chosen ``C`` (``C`` unused).
+        inner_folds: inner folds of the nested CV.
     """
     labels = np.asarray(norms.binary if hasattr(norms, "binary") else norms)
     if labels.ndim != 2:
@@ -120,9 +125,16 @@ def decode_layer(
         raise VspInputError(
             f"{model}/{layer}: features have {X.shape[0]} concept rows but the labels have {labels.shape[0]}"
         )
-    res = probe_layer(
-        X, labels, folds=folds, seed=seed, C=C, dtype=dtype, device=device, tol=tol, workers=workers
-    )
+    if C_grid:
+        from vsp.decode.nested import probe_layer_nested
+
+        res = probe_layer_nested(
+            X, labels, folds, seed, C_grid, inner_folds, dtype=dtype, device=device, tol=tol, workers=workers
+        )
+    else:
+        res = probe_layer(
+            X, labels, folds=folds, seed=seed, C=C, dtype=dtype, device=device, tol=tol, workers=workers
+        )
     idx = res["property"]
     K = len(idx)
     cols = {
@@ -142,6 +154,8 @@ def decode_layer(
         "n_iter": pa.array(res["n_iter"].astype(np.int32)),
     }
     table = pa.table(cols, schema=SCHEMA)
+    if C_grid:
+        table = table.append_column("C", pa.array(res["C"].astype(np.float64)))
     log.info(
         "decoded %s/%s: %d properties x %d folds, mean F1 %.3f", model, layer, P, folds, res["f1"].mean()
     )
@@ -291,7 +305,13 @@ _COLOURS = {
 }
 
 
-def _plot(df: pd.DataFrame | pa.Table, out: str | os.PathLike | IO[bytes], grouping: str, title: str) -> None:
+def _plot(
+    df: pd.DataFrame | pa.Table,
+    out: str | os.PathLike | IO[bytes],
+    grouping: str,
+    title: str,
+    ylabel: str = "mean F1",
+) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -311,6 +331,15 @@ def _plot(df: pd.DataFrame | pa.Table, out: str | os.PathLike | IO[bytes], group
         sub = conv[conv["model"] == model]
         for group in groups:
             line = sub[(sub["grouping"] == grouping) & (sub["group"] == group)].sort_values("layer_index")
+            if len(line) and "low" in line.columns:  # the 95% interval over the group's properties
+                ax.fill_between(
+                    line["layer_index"],
+                    line["low"],
+                    line["high"],
+                    color=_COLOURS.get(group),
+                    alpha=0.15,
+                    lw=0,
+                )
             if len(line):
                 ax.plot(
                     line["layer_index"],
@@ -337,7 +366,7 @@ def _plot(df: pd.DataFrame | pa.Table, out: str | os.PathLike | IO[bytes], group
         ax.set_title(model)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer index")
-        ax.set_ylabel("mean F1")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     for ax in axes[len(models) :]:
         ax.set_visible(False)
@@ -353,8 +382,10 @@ def _plot(df: pd.DataFrame | pa.Table, out: str | os.PathLike | IO[bytes], group
 def plot_figure1(df: pd.DataFrame | pa.Table, out_png: str | os.PathLike | IO[bytes]) -> None:
     """Figure 1: mean F1 per feature class against layer index, one panel per network (PNG).
 
-    ``df``: :func:`aggregate`'s output or the raw decode rows. ResNet panels mark residual connections with
-    red dotted lines. The penultimate representation is not drawn (see :func:`baseline_table`).
+    ``df``: :func:`aggregate`'s output or the raw decode rows; with ``low`` / ``high`` columns
+    (:func:`aggregate_intervals`) each line gets its interval as a band. ResNet panels mark residual
+    connections with red dotted lines. The penultimate representation is not drawn
+    (see :func:`baseline_table`).
     """
     _plot(df, out_png, "feature_class", "Decodability of CSLB feature classes per convolutional layer")
 
@@ -362,6 +393,14 @@ def plot_figure1(df: pd.DataFrame | pa.Table, out_png: str | os.PathLike | IO[by
 def plot_figure2(df: pd.DataFrame | pa.Table, out_png: str | os.PathLike | IO[bytes]) -> None:
     """Figure 2: mean F1 per fine-grained type (colour, shape/size, is, has, does, made-of), as Figure 1."""
     _plot(df, out_png, "fine_grained", "Decodability of fine-grained property types per convolutional layer")
+
+
+def plot_selectivity(
+    df: pd.DataFrame, out_png: str | os.PathLike | IO[bytes], grouping: str = "feature_class"
+) -> None:
+    """Figure 1 (or 2, ``grouping="fine_grained"``) of the selectivity: F1(trained) - F1(random weights)."""
+    what = "feature classes" if grouping == "feature_class" else "fine-grained property types"
+    _plot(df, out_png, grouping, f"Selectivity of {what} over a random-weight network", "mean F1 - random")
 
 
 def aggregate_intervals(

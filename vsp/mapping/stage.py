@@ -12,7 +12,8 @@ and is the resumability key: a rerun skips units whose marker exists. ``mapping/
 configuration (without the embedding and mapper selections, which may grow between runs), the norms digest
 and each mapped embedding's digest; a rerun with another configuration, other norms or a changed embedding
 is refused (`ConfigMismatchError`). ``mapping/table2.parquet`` (`vsp.mapping.mappers.summarise` of every
-finished unit: Hit@T pooled over folds) and ``mapping/table2.txt`` are rewritten at the end of each run.
+finished unit: Hit@T pooled over folds) and ``mapping/table2.txt`` are rewritten at the end of each run, and
+beside them Table 2's intervals and paired tests (`vsp.mapping.statistics`).
 
 Targets: the PF-valued property vectors (``norms.pf``) of the embedding's concepts that are in the norms and
 have at least one property; the candidate set of the ranking is all of those concepts (`vsp.mapping.mappers`).
@@ -645,13 +646,15 @@ class MappingSummary:
 
 
 def finish(store: Store) -> list[str]:
-    """Table 2 from every finished unit: Parquet + text."""
+    """Table 2 from every finished unit: Parquet + text; then its intervals and paired tests."""
+    from vsp.mapping.statistics import write_table2_statistics
+
     summary = read_table2(store)
     if summary.empty:
         return []
     store.write_parquet(TABLE2, pa.Table.from_pandas(summary, preserve_index=False))
     write_text(store, TABLE2_TXT, table2_text(store))
-    return [TABLE2, TABLE2_TXT]
+    return [TABLE2, TABLE2_TXT, *write_table2_statistics(store, summary, read_rows(store))]
 
 
 def recorded_meta_fit(store: Store) -> str:

@@ -30,6 +30,8 @@ Store layout (under the store prefix)::
     meta/decodability.parquet          Tables 1 and 4, long: embedding, model, kind, text, grouping, group,
                                        f1 (0-1), n_properties
     meta/decodability.txt              the printed table
+    meta/decodability_intervals.parquet, decodability_comparisons.parquet   intervals of every mean, each
+                                       meta-embedding against its network's penultimate (vsp.meta.statistics)
 
 Reruns skip embeddings whose marker exists; a rerun with a different configuration (or different features,
 text vectors or norms) on the same prefix is refused with `ConfigMismatchError`.
@@ -653,6 +655,9 @@ def _run_decodability(
             progress(i + 1, len(todo), fits)
     agg = aggregate_decodability(store, names)
     store.write_parquet(DECODABILITY, pa.Table.from_pandas(agg, preserve_index=False))
+    from vsp.meta.statistics import write_decodability_statistics
+
+    write_decodability_statistics(store, names)  # intervals and paired tests beside Tables 1 and 4
     return DecodabilitySummary(store.uri, len(names), len(todo), fits, time.perf_counter() - t0)
 
 

@@ -645,6 +645,7 @@ _TITLES = {
     "table2": "Table 2: zero-shot property mapping (Hit@T, %)",
     "table3": "Table 3: word similarity (Spearman rho)",
     "table4": "Table 4: decodability of every network's embeddings (F1 x 100)",
+    "statistics": "Statistics: intervals, significance, selectivity and paired tests",
     "explain": "Explanations: top predicted properties per layer (Figures 3-7)",
 }
 
@@ -1140,6 +1141,16 @@ def write_report(
         )
         blocks.append(_section(sid, body, True))
         sections[sid] = "ok"
+
+    say("statistics")
+    from vsp.report import statistics
+
+    for stale in tables_dir.glob("statistics_*.csv"):
+        stale.unlink()
+    body, ok, stat_csv = statistics.section(st, tables_dir)
+    csv_paths += stat_csv
+    blocks.append(_section("statistics", body, ok))
+    sections["statistics"] = "ok" if ok else "not run"
 
     say("explanations")
     try:

@@ -14,6 +14,8 @@ Store layout::
     similarity/pairs/<benchmark>.parquet matched pairs: word1, word2, concept1, concept2, rating
     similarity/table3.parquet            embedding, benchmark, n_pairs, n_scored, spearman
     similarity/table3.txt                the printed table
+    similarity/table3_intervals.parquet, table3_comparisons.parquet   intervals of every rho and Williams'
+                                         tests between embeddings (`vsp.similarity.statistics`)
 
 A rerun with the same embeddings and pairs is a no-op; other embeddings or pairs on the same prefix are
 refused.
@@ -42,6 +44,9 @@ from vsp.io.store import Store
 from vsp.meta.stage import MANIFEST as META_MANIFEST
 from vsp.meta.stage import embedding_names, read_embedding, write_text
 from vsp.similarity.score import BENCHMARKS, score_embedding
+from vsp.similarity.statistics import COMPARISONS as STATS_COMPARISONS
+from vsp.similarity.statistics import INTERVALS as STATS_INTERVALS
+from vsp.similarity.statistics import write_table3_statistics
 from vsp.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -189,6 +194,8 @@ def run_similarity(
     )
     if done_markers(store).done:
         write_text(store, TABLE3_TXT, table3_text(store))
+        if not (store.exists(STATS_INTERVALS) and store.exists(STATS_COMPARISONS)):  # older Table 3
+            write_table3_statistics(store)
         return SimilaritySummary(store.uri, len(names), counts, False, time.perf_counter() - t0, empty)
     outputs = []
     for b, ms in matched.items():
@@ -223,6 +230,7 @@ def run_similarity(
     outputs.append(write_output(store, TABLE3, pa.Table.from_pylist(rows, schema=TABLE3_SCHEMA)))
     write_marker(store, MARKER, outputs, embeddings=len(names), benchmarks=counts)
     write_text(store, TABLE3_TXT, table3_text(store))
+    write_table3_statistics(store)  # intervals and Williams tests beside Table 3 (vsp.similarity.statistics)
     return SimilaritySummary(store.uri, len(names), counts, True, time.perf_counter() - t0, empty)
 
 
