@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -147,6 +148,20 @@ class Store:
     def write_parquet(self, path: str, table: pa.Table) -> None:
         """Write a Parquet table with atomic replace (serialised in memory, then one write)."""
         self.write_bytes(path, parquet_bytes(table))
+
+
+def write_frames(store: Store, frames: dict[str, Any]) -> list[str]:
+    """Write pandas frames as Parquet (key -> frame, index left out); the keys, in order."""
+    for key, df in frames.items():
+        store.write_parquet(key, pa.Table.from_pandas(df, preserve_index=False))
+    return list(frames)
+
+
+def read_frames(store: Store, keys: Sequence[str]) -> tuple[Any, ...] | None:
+    """The Parquet tables ``keys`` as pandas frames, or None when the first is not there (not written yet)."""
+    if not keys or not store.exists(keys[0]):
+        return None
+    return tuple(store.read_parquet(k).to_pandas() for k in keys)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from vsp.io.store import Store
+from vsp.io.store import Store, read_frames, write_frames
 from vsp.stats import CONFIDENCE, benjamini_hochberg, paired_comparison
 
 INTERVALS = "mapping/table2_intervals.parquet"
@@ -117,13 +116,9 @@ def write_table2_statistics(store: Store, table2: pd.DataFrame, rows: pd.DataFra
 
     order = list(zip(table2["embedding"], table2["mapper"], strict=True))
     intervals, comparisons = table2_statistics(rows, order, tuple(HITS))
-    store.write_parquet(INTERVALS, pa.Table.from_pandas(intervals, preserve_index=False))
-    store.write_parquet(COMPARISONS, pa.Table.from_pandas(comparisons, preserve_index=False))
-    return [INTERVALS, COMPARISONS]
+    return write_frames(store, {INTERVALS: intervals, COMPARISONS: comparisons})
 
 
 def read_table2_statistics(store: Store) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Both tables as written (None before the mapping stage wrote Table 2), for the report."""
-    if not store.exists(INTERVALS):
-        return None
-    return store.read_parquet(INTERVALS).to_pandas(), store.read_parquet(COMPARISONS).to_pandas()
+    return read_frames(store, [INTERVALS, COMPARISONS])  # type: ignore[return-value]

@@ -20,10 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from vsp.data.norms import FEATURE_CLASSES, FINE_GRAINED
-from vsp.io.store import Store
+from vsp.io.store import Store, read_frames, write_frames
 from vsp.stats import benjamini_hochberg, paired_comparison
 
 INTERVALS = "meta/decodability_intervals.parquet"
@@ -126,16 +125,13 @@ def decodability_comparisons(store: Store, names: Sequence[str]) -> pd.DataFrame
 
 def write_decodability_statistics(store: Store, names: Sequence[str]) -> list[str]:
     """Write both tables beside Tables 1 and 4; their keys."""
-    store.write_parquet(
-        INTERVALS, pa.Table.from_pandas(decodability_intervals(store, names), preserve_index=False)
-    )
-    comps = decodability_comparisons(store, names)
-    store.write_parquet(COMPARISONS, pa.Table.from_pandas(comps, preserve_index=False))
-    return [INTERVALS, COMPARISONS]
+    frames = {
+        INTERVALS: decodability_intervals(store, names),
+        COMPARISONS: decodability_comparisons(store, names),
+    }
+    return write_frames(store, frames)
 
 
 def read_decodability_statistics(store: Store) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Both tables as written (None before the meta stage's decodability ran), for the report."""
-    if not store.exists(INTERVALS):
-        return None
-    return store.read_parquet(INTERVALS).to_pandas(), store.read_parquet(COMPARISONS).to_pandas()
+    return read_frames(store, [INTERVALS, COMPARISONS])  # type: ignore[return-value]

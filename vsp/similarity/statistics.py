@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from vsp.errors import VspInputError
-from vsp.io.store import Store
+from vsp.io.store import Store, read_frames, write_frames
 from vsp.stats import CONFIDENCE, benjamini_hochberg, fisher_z_interval, williams_test
 
 INTERVALS = "similarity/table3_intervals.parquet"
@@ -155,13 +154,9 @@ def table3_statistics(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
 def write_table3_statistics(store: Store) -> list[str]:
     """Write both tables (after Table 3); their keys."""
     intervals, comparisons = table3_statistics(store)
-    store.write_parquet(INTERVALS, pa.Table.from_pandas(intervals, preserve_index=False))
-    store.write_parquet(COMPARISONS, pa.Table.from_pandas(comparisons, preserve_index=False))
-    return [INTERVALS, COMPARISONS]
+    return write_frames(store, {INTERVALS: intervals, COMPARISONS: comparisons})
 
 
 def read_table3_statistics(store: Store) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Both tables as written (None before the similarity stage ran), for the report."""
-    if not store.exists(INTERVALS):
-        return None
-    return store.read_parquet(INTERVALS).to_pandas(), store.read_parquet(COMPARISONS).to_pandas()
+    return read_frames(store, [INTERVALS, COMPARISONS])  # type: ignore[return-value]
