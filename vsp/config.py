@@ -8,7 +8,7 @@ Example (``vsp run run.yaml``, ``vsp submit --address http://HEAD:8265 run.yaml`
     stages: [extract, decode, meta, map, similarity, report]   # the default: the whole pipeline
     extract:
       models: [alexnet, vgg16, resnet34, densenet169]
-      layers: paper                           # paper | all-conv | re:<regex> | [name, name, ...]
+      layers: paper                           # paper | all-conv | blocks | re:<regex> | [names]
       weights: imagenet                       # imagenet | random | path or s3:// URI of a state_dict
       seed: 0
       pooling: max
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 # STAGE_ORDER (every stage, in the order it runs), DEFAULT_STAGES (the whole pipeline) and NEEDS_NORMS (the
 # stages that need the norms section) are read from ``vsp.pipeline``: see ``__getattr__`` below.
-LAYER_SELECTIONS = ("all-conv", "paper")
+LAYER_SELECTIONS = ("all-conv", "paper", "blocks")
 WEIGHTS_NAMED = ("imagenet", "random")
 #: Largest seed of a stage whose folds or shuffles go through numpy's RandomState (scikit-learn's
 #: ``random_state``): decode, meta, map, and `vsp demo`.
@@ -488,7 +488,7 @@ def _extract_hooks(base: Path | None) -> dict[str, Hook]:
         if isinstance(raw, str | list):
             return ex.names("layers", None)  # type: ignore[return-value]
         raise VspInputError(
-            f"extract.layers: all-conv | paper | re:<regex> | a list of module names; got {raw!r}"
+            f"extract.layers: all-conv | paper | blocks | re:<regex> | a list of module names; got {raw!r}"
         )
 
     def weights(ex: _Section) -> str:

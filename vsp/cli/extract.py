@@ -23,8 +23,8 @@ from vsp.errors import VspInputError
 
 
 def layers_arg(layers: str) -> str | tuple[str, ...]:
-    """`all-conv`, `paper` and `re:<regex>` pass through; anything else is a comma-separated name list."""
-    if layers in ("all-conv", "paper") or layers.startswith("re:"):
+    """`all-conv`, `paper`, `blocks` and `re:<regex>` pass through; anything else is a list of names."""
+    if layers in ("all-conv", "paper", "blocks") or layers.startswith("re:"):
         return layers
     return csv_list(layers) or ()
 
@@ -40,14 +40,16 @@ def extract(
         str,
         typer.Option(
             help="paper (DenseNet: first conv, dense layers, transitions; else every conv) | all-conv | "
-            "re:<regex> | comma-separated module names."
+            "blocks (each repeated block) | re:<regex> | comma-separated module names."
         ),
     ] = "paper",
     weights: Annotated[
         str, typer.Option(help="imagenet | random | path or s3:// URI of a state_dict.")
     ] = "imagenet",
     seed: Annotated[int, typer.Option(help="Seed for random weights (0 .. 2**63 - 1).")] = 0,
-    pooling: Annotated[str, typer.Option(help="Global pooling per channel: max | mean.")] = "max",
+    pooling: Annotated[
+        str, typer.Option(help="Per channel: max | mean (over space or patch tokens) | cls (class token).")
+    ] = "max",
     activation: Annotated[
         str,
         typer.Option(
@@ -74,8 +76,8 @@ def extract(
     check_int("--batch-size", batch_size, 1)
     check_int("--unit-size", unit_size, 1)
     check_seed("--seed", seed, weights=True)
-    if pooling not in ("max", "mean"):
-        raise VspInputError(f"--pooling: pooling must be 'max' or 'mean', got {pooling!r}")
+    if pooling not in ("max", "mean", "cls"):
+        raise VspInputError(f"--pooling: pooling must be 'max', 'mean' or 'cls', got {pooling!r}")
     if activation not in ("conv", "bn", "relu"):
         raise VspInputError(f"--activation: activation must be 'conv', 'bn' or 'relu', got {activation!r}")
     names = csv_list(models)

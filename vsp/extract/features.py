@@ -58,7 +58,7 @@ class ExtractionConfig:
     layers: str | tuple[str, ...] = "paper"  # read by vsp.config's extract.layers hook
     weights: str = "imagenet"  # imagenet | random | path or URI of a state_dict (resolved by vsp.config)
     seed: int = setting(0, minimum=0, maximum=WEIGHTS_SEED_MAX, doc="seed of random weights")
-    pooling: str = setting("max", choices=("max", "mean"))
+    pooling: str = setting("max", choices=("max", "mean", "cls"))
     unit_size: int = setting(16, minimum=1, doc="concepts per work unit (= Zarr chunk rows)")
     activation: str = setting("conv", choices=("conv", "bn", "relu"))
     batch_size: int = setting(32, identity=False, minimum=1, doc="images per forward pass")
@@ -71,8 +71,8 @@ class ExtractionConfig:
     follow_links: bool = setting(False, identity=False)
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("max", "mean"):
-            raise VspInputError(f"pooling must be 'max' or 'mean', got {self.pooling!r}")
+        if self.pooling not in ("max", "mean", "cls"):
+            raise VspInputError(f"pooling must be 'max', 'mean' or 'cls', got {self.pooling!r}")
         if self.activation not in ("conv", "bn", "relu"):
             raise VspInputError(f"activation must be 'conv', 'bn' or 'relu', got {self.activation!r}")
         if self.unit_size < 1:
@@ -104,6 +104,16 @@ class LayerInfo:
     channels: int
     activation: str = "conv"
     bn: str = ""
+    #: ``nhwc`` or ``tokens`` (`vsp.extract.layouts`); ``""``: a channels-first map or the penultimate vector,
+    #: the only layouts before layouts were recorded, so a record of an earlier release reads the same
+    layout: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """The identity record: ``layout`` only where it is not ``""``, so earlier records stay the same."""
+        d = asdict(self)
+        if not d["layout"]:
+            del d["layout"]
+        return d
 
     @property
     def path(self) -> str:
@@ -146,7 +156,7 @@ class FeaturePlan:
             "concepts": list(self.concepts),
             "images": {c: list(self.images[c]) for c in self.concepts},
             "weights_identity": dict(self.weights_identity),
-            "layers": [asdict(x) for x in self.layers],
+            "layers": [x.record() for x in self.layers],
         }
 
 
@@ -245,7 +255,7 @@ class FeatureStore:
             grp = root[layer.model]
             dim = channel_dim(layer.name)
             attrs = {
-                **asdict(layer),
+                **layer.record(),
                 "pooling": plan.config.pooling,
                 "weights_identity": plan.weights_identity[layer.model],
                 "dims": ["concept", dim],

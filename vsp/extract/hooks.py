@@ -41,12 +41,21 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from vsp.errors import VspInputError
+from vsp.extract.layouts import (
+    POOLINGS,
+    check_pooling,
+    detect_layout,
+    pool_layout,
+    refuse_layout,
+    token_geometry,
+)
 from vsp.extract.networks import (
     ACTIVATIONS,
     DEFAULT_LAYERS,
@@ -60,7 +69,6 @@ from vsp.extract.networks import (
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("max", "mean")
 _DTYPES = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -97,6 +105,62 @@ def pool(x: torch.Tensor, pooling: str = "max", relu: bool = False) -> torch.Ten
         return (x.clamp(min=0) if relu else x).mean(dim=dims, dtype=torch.float32)
     v = x.flatten(1) if x.ndim != 2 else x
     return (v.clamp(min=0) if relu else v).float()
+
+
+def _first_tensor(output):
+    """A module's output tensor; a tuple's first element (Hugging Face layers return tuples)."""
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return output
+
+
+def resolve_layouts(
+    model: nn.Module, name: str, taps: list[Tap], pooling: str, device: torch.device, size: int = 224
+) -> list[Tap]:
+    """Every tap with its layout (`vsp.extract.layouts`); refuses a tap whose layout is unknown.
+
+    Conv, dense-layer and transition taps are channels-first by construction and the penultimate tap is a
+    vector; any other tap (a block, a module picked by name) is measured in one dry pass of two square zero
+    images, only when there is such a tap.
+    """
+    geometry = token_geometry(model, size)
+    fixed = {"conv": "nchw", "block": "nchw", "transition": "nchw", "penultimate": "vector"}
+    if all(t.kind in fixed for t in taps):
+        out = [replace(t, layout=fixed[t.kind]) for t in taps]
+    else:
+        modules = dict(model.named_modules())
+        shapes: dict[str, tuple[int, ...]] = {}
+        handles = []
+        for t in taps:
+            if t.kind in fixed:
+                continue
+
+            def probe(_m, _a, output, _key=t.name):
+                output = _first_tensor(output)
+                shapes[_key] = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+
+            handles.append(modules[t.module_name].register_forward_hook(probe))
+        try:
+            with torch.inference_mode():
+                model(torch.zeros(2, 3, size, size, device=device))
+        finally:
+            for h in handles:
+                h.remove()
+        out = []
+        for t in taps:
+            if t.kind in fixed:
+                out.append(replace(t, layout=fixed[t.kind]))
+                continue
+            shape = shapes.get(t.name, ())
+            layout = detect_layout(shape, 2, modules[t.module_name], geometry)
+            if layout is None:
+                raise refuse_layout(name, t.name, shape)
+            prefix = geometry.prefix if layout == "tokens" and geometry is not None else 0
+            out.append(replace(t, layout=layout, prefix=prefix))
+    for t in out:
+        if t.kind != "penultimate":
+            check_pooling(name, t.name, t.layout, pooling, geometry)
+    return out
 
 
 def _log_fallback(model: str, activation: str, taps: list[Tap]) -> None:
@@ -181,6 +245,7 @@ class MultiNetExtractor:
             model = model.to(self.device)
             if self.channels_last:
                 model = model.to(memory_format=torch.channels_last)
+            taps = resolve_layouts(model, name, taps, pooling, self.device)
             self.models[name] = model
             self.taps[name] = taps
             self.weights_identity[name] = identity
@@ -205,8 +270,9 @@ class MultiNetExtractor:
 
                 def hook(
                     _mod, _args, output, _key=tap.name, _model=name, _ch=tap.channels,
-                    _relu=tap.activation == "relu",
+                    _relu=tap.activation == "relu", _layout=tap.layout, _prefix=tap.prefix,
                 ):  # fmt: skip
+                    output = _first_tensor(output)
                     if not isinstance(output, torch.Tensor):
                         raise VspInputError(
                             f"layer {_key!r} of model {_model!r} outputs {type(output).__name__}, "
@@ -214,7 +280,7 @@ class MultiNetExtractor:
                         )
                     if _ch is not None:  # a DenseNet tap: its channels of the consumer's BatchNorm
                         output = output[:, _ch[0] : _ch[1]]
-                    results[_key] = pool(output, pooling, _relu)
+                    results[_key] = pool_layout(output, _layout, pooling, _relu, _prefix)
 
                 self._handles.append(module.register_forward_hook(hook))
 

@@ -26,6 +26,9 @@ Layer selections (:func:`select_layers`):
   adds to the block's concatenated state, i.e. the output of its second (3x3) conv. A transition
   (``features.transition1``) outputs the BN-ReLU-1x1conv-avgpool result. DenseNet169: 1 + (6 + 12 + 32 + 32) +
   3 = 86 taps.
+- ``"blocks"``: every repeated block (each CNN block, each transformer block; `_blocks` gives the rule). A
+  block's output is pooled according to its layout (`vsp.extract.layouts`: a Swin block is channels-last, a
+  ViT block a token sequence), found from a dry pass.
 - an explicit list of module names (a Python list, or one string with comma-separated names), or a regular
   expression ``"re:<pattern>"`` matched with ``re.fullmatch`` against every module name. Either way the result
   is in module order, without duplicates.
@@ -128,6 +131,8 @@ class Tap:
     activation: str = "conv"
     bn: str = ""
     channels: tuple[int, int] | None = None
+    layout: str = "nchw"  # vsp.extract.layouts: nchw | nhwc | tokens | vector (the penultimate tap)
+    prefix: int = 0  # tokens: the class and register tokens before the patches
 
     @property
     def module_name(self) -> str:
@@ -271,17 +276,40 @@ def _unknown(name: str, bad: str, modules: list[str]) -> VspInputError:
     hint = f" Near matches: {', '.join(near)}." if near else ""
     return VspInputError(
         f"model {name!r} has no module named {bad!r}.{hint} "
-        "Use 'all-conv', 'paper', a list of module names, or 're:<regex>'."
+        "Use 'all-conv', 'paper', 'blocks', a list of module names, or 're:<regex>'."
     )
+
+
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The ``blocks`` selection: every repeated block, innermost, in module order.
+
+    A block is a child of a ``Sequential`` / ``ModuleList`` / ``ModuleDict`` whose two or more children are
+    all of one class and have sub-modules themselves (a run of bare convs or ReLUs is layers, not blocks); a
+    block that contains other blocks gives way to them. ResNet: ``layerX.Y``; DenseNet: every dense layer;
+    Swin: ``features.S.B``; ViT: ``encoder.layers.encoder_layer_K`` (torchvision), ``blocks.K`` (timm);
+    ConvNeXt (timm): ``stages.S.blocks.B``. AlexNet and VGG have no blocks.
+    """
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    found: set[str] = set()
+    for pname, parent in model.named_modules():
+        if not isinstance(parent, containers):
+            continue
+        kids = list(parent.named_children())
+        if len(kids) < 2 or len({type(m) for _, m in kids}) != 1 or not list(kids[0][1].children()):
+            continue
+        found |= {f"{pname}.{k}" if pname else k for k, _ in kids}
+    inner = {n for n in found if not any(o.startswith(n + ".") for o in found)}
+    return [(n, m) for n, m in _named(model) if n in inner]
 
 
 def select_layers(model: nn.Module, name: str, selection: str | list[str]) -> list[Tap]:
     """The taps of ``model`` (registered as ``name``) chosen by ``selection``, in module order.
 
-    ``selection``: ``"all-conv"``, ``"paper"``, ``"re:<pattern>"`` (``re.fullmatch`` on module names), a list
-    of module names, or a comma-separated string of module names. Unknown names raise :class:`VspInputError`
-    naming the model and the nearest module names. A module that runs more than once per forward pass (e.g.
-    ResNet's shared ``relu``) reports its last call: tap convs, blocks or containers instead.
+    ``selection``: ``"all-conv"``, ``"paper"``, ``"blocks"`` (:func:`_blocks`), ``"re:<pattern>"``
+    (``re.fullmatch`` on module names), a list of module names, or a comma-separated string of them.
+    Unknown names raise :class:`VspInputError` naming the model and the nearest module names. A module
+    that runs more than once per forward pass (e.g. ResNet's shared ``relu``) reports its last
+    call: tap convs, blocks or containers instead.
     """
     named = _named(model)
     if isinstance(selection, str) and selection == "all-conv":
@@ -293,6 +321,13 @@ def select_layers(model: nn.Module, name: str, selection: str | list[str]) -> li
             picked = [(n, m) for n, m in named if n == first or isinstance(m, (_DenseLayer, _Transition))]
         else:
             picked = [(n, m) for n, m in named if isinstance(m, nn.Conv2d)]
+    elif isinstance(selection, str) and selection == "blocks":
+        picked = _blocks(model)
+        if not picked:
+            raise VspInputError(
+                f"model {name!r} has no repeated blocks (a container of two or more modules of one class); "
+                "use 'all-conv', 'paper', module names or 're:<regex>'"
+            )
     elif isinstance(selection, str) and selection.startswith("re:"):
         try:
             pattern = re.compile(selection[3:])
@@ -334,7 +369,7 @@ def penultimate_tap(model: nn.Module, name: str, index: int | None = None) -> Ta
         index = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     return Tap(
         model=name, name=PENULTIMATE, index=index, kind="penultimate", module=linears[-1],
-        activation=CLASSIFIER_INPUT,
+        activation=CLASSIFIER_INPUT, layout="vector",
     )  # fmt: skip
 
 

@@ -65,6 +65,7 @@ def layer_infos(extractor: MultiNetExtractor) -> list[LayerInfo]:
             channels=ch[m][t.name],
             activation=t.activation,
             bn=t.bn_point,
+            layout=t.layout if t.layout in ("nhwc", "tokens") else "",
         )
         for m, taps in extractor.taps.items()
         for t in taps
