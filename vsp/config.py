@@ -9,7 +9,7 @@ Example (``vsp run run.yaml``, ``vsp submit --address http://HEAD:8265 run.yaml`
     extract:
       models: [alexnet, vgg16, resnet34, densenet169]
       layers: paper                           # paper | all-conv | blocks | re:<regex> | [names]
-      weights: imagenet                       # imagenet | random | path or s3:// URI of a state_dict
+      weights: imagenet                       # imagenet (= pretrained) | random | path or s3:// URI
       seed: 0
       pooling: max
       activation: conv                        # conv | bn | relu: the value pooled (vsp.extract.networks)
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 # STAGE_ORDER (every stage, in the order it runs), DEFAULT_STAGES (the whole pipeline) and NEEDS_NORMS (the
 # stages that need the norms section) are read from ``vsp.pipeline``: see ``__getattr__`` below.
 LAYER_SELECTIONS = ("all-conv", "paper", "blocks")
-WEIGHTS_NAMED = ("imagenet", "random")
+WEIGHTS_NAMED = ("imagenet", "pretrained", "random")
 #: Largest seed of a stage whose folds or shuffles go through numpy's RandomState (scikit-learn's
 #: ``random_state``): decode, meta, map, and `vsp demo`.
 SEED_MAX = 2**32 - 1
@@ -495,7 +495,23 @@ def _extract_hooks(base: Path | None) -> dict[str, Hook]:
         value = ex.text("weights", "imagenet")
         return value if value in WEIGHTS_NAMED else _resolve(value, base)  # type: ignore[arg-type]
 
-    return {"layers": layers, "weights": weights}
+    def models(ex: _Section) -> tuple[str, ...]:
+        """Model specs; a Hugging Face folder (``hf:<path>``) is made absolute, so every worker finds it."""
+        names = ex.names("models", None)
+        if names is None:
+            return tuple(config_class("extract")().models)
+        out = []
+        for spec in names:
+            family, sep, rest = spec.partition(":")
+            if sep and family == "hf" and not _is_uri(rest):
+                p = Path(rest).expanduser()
+                full = p if p.is_absolute() else (base or Path.cwd()) / p
+                if full.is_dir():
+                    spec = f"hf:{full.resolve()}"
+            out.append(spec)
+        return tuple(out)
+
+    return {"layers": layers, "weights": weights, "models": models}
 
 
 def _meta_section(data: Any) -> tuple[Any, _Section | None]:
@@ -516,6 +532,13 @@ def _meta_hooks(base: Path | None, dec: _Section | None) -> dict[str, Hook]:
             return None
         if value.lower() == "glove":  # type: ignore[union-attr]
             return "glove"
+        family, sep, rest = str(value).partition(":")
+        if sep and family == "open_clip":  # a text tower (vsp.data.text_towers)
+            return value  # type: ignore[return-value]
+        if sep and family == "hf" and not rest.startswith("//"):
+            p = Path(rest).expanduser()
+            full = p if p.is_absolute() else (base or Path.cwd()) / p
+            return f"hf:{full.resolve()}" if full.is_dir() else value  # type: ignore[return-value]
         return _resolve(value, base)  # type: ignore[arg-type]
 
     hooks: dict[str, Hook] = {"text": text}

@@ -88,12 +88,12 @@ def test_pool_layout_never_leaves_decode_tasks_without_a_cpu():
     one = pool_layout({"CPU": 1.0}, None, 3)  # `cluster.local start --worker-cpus 1`, a 1-vCPU host
     assert (one.actors, one.actor_options, one.decode_in_actor, one.threads) == (1, {"num_cpus": 1}, True, 1)
     two = pool_layout({"CPU": 2.0}, None, 3)  # one actor, one CPU left for decode tasks
-    assert (two.actors, two.decode_in_actor, two.threads) == (1, False, 1)
+    assert (two.actors, two.decode_in_actor, two.threads) == (1, False, 2)  # all cores: as fast as --no-ray
     assert pool_layout({"CPU": 2.0}, 2, 3).decode_in_actor  # as many actors as CPUs
     crowded = pool_layout({"CPU": 2.0}, 4, 8)  # more actors than CPUs: each asks for a share
     assert crowded.actor_options == {"num_cpus": 0.5} and crowded.decode_in_actor
-    assert pool_layout({"CPU": 8.0}, 1, 8).threads == 7  # a CPU actor uses the CPUs nobody reserves
-    assert pool_layout({"CPU": 16.0}, None, 100).threads == 1  # 8 actors + their decode tasks
+    assert pool_layout({"CPU": 8.0}, 1, 8).threads == 8  # a CPU actor uses its share of every CPU
+    assert pool_layout({"CPU": 16.0}, None, 100).threads == 2  # 8 actors, decode tasks in the gaps
     gpu = pool_layout({"CPU": 8.0, "GPU": 2.0}, None, 8)
     assert gpu.actor_options == {"num_cpus": 1, "num_gpus": 1} and not gpu.decode_in_actor
     assert gpu.threads is None

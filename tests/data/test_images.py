@@ -362,7 +362,7 @@ def test_decode_batch_skips_bad_files(mixed: Path) -> None:
         decode_batch(records, strict=True)
     empty = decode_batch([])
     assert empty.tensor.shape == (0, 3, 224, 224) and empty.ok == [] and empty.errors == []
-    tensor, ok, errors = decode_batch([records[0].uri])
+    tensor, ok, errors, _ = decode_batch([records[0].uri])
     assert tensor.shape == (1, 3, 224, 224) and ok == [0] and errors == []
 
 

@@ -155,14 +155,19 @@ def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
 
 
 def check_weights(option: str, weights: str) -> str:
-    """``imagenet``, ``random``, an s3:// URI, or a local file that exists (checked before any store)."""
-    if weights in ("imagenet", "random") or "://" in weights:
+    """``imagenet`` / ``pretrained``, ``random``, an s3:// URI, or a local file that exists (checked first).
+
+    Checked before any store is opened.
+    """
+    if weights in ("imagenet", "pretrained", "random") or "://" in weights:
         return weights
     p = Path(weights).expanduser()
     if not p.is_file():
         what = "is a folder, not a file" if p.is_dir() else "no such file"
         raise VspInputError(
-            f"{option} {weights}: {what}; pass imagenet, random, or the path or s3:// URI of a state_dict"
+            f"{option} {weights}: {what}; pass imagenet (or pretrained), random, or the path or s3:// URI "
+            "of a "
+            "state_dict or safetensors file"
         )
     return weights
 

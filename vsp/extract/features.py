@@ -21,7 +21,7 @@ import json
 import logging
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from typing import Any
 
@@ -29,7 +29,8 @@ import numpy as np
 import zarr
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
-from vsp.config import WEIGHTS_SEED_MAX, manifest_fields, setting
+from vsp.config import WEIGHTS_SEED_MAX, field_default, manifest_fields, setting
+from vsp.data.preprocess import TORCHVISION, Preprocessing
 from vsp.errors import ConfigMismatchError, VspInputError
 from vsp.io.bookkeeping import digest, mismatch, now, open_manifest, scan_markers, write_marker
 from vsp.io.store import Store
@@ -61,6 +62,14 @@ class ExtractionConfig:
     pooling: str = setting("max", choices=("max", "mean", "cls"))
     unit_size: int = setting(16, minimum=1, doc="concepts per work unit (= Zarr chunk rows)")
     activation: str = setting("conv", choices=("conv", "bn", "relu"))
+    #: forward-pass precision: ``bfloat16`` autocast (GPUs) gives other numbers than float32, so it is
+    #: identity and a bf16 run never resumes (or mixes into) a float32 store
+    precision: str = setting("float32", choices=("float32", "bfloat16"), added=True, doc="forward precision")
+    #: channels-last memory format: faster on CPUs and tensor cores, float sums in another order (identity)
+    channels_last: bool = setting(False, added=True, doc="channels-last memory format")
+    #: ``pil`` (PIL decoding and resizing, the reference) or ``torchvision`` (``torchvision.io.decode_jpeg``
+    #: on the extraction device, resize and crop there: the GPU input pipeline, other pixels than PIL's)
+    decoder: str = setting("pil", choices=("pil", "torchvision"), added=True, doc="image decoder")
     batch_size: int = setting(32, identity=False, minimum=1, doc="images per forward pass")
     actors: int | None = setting(None, identity=False, minimum=1, doc="extraction actors (default: per GPU)")
     #: extract only concepts present in the norms (when norms are given); identity in the run's record, but
@@ -83,6 +92,9 @@ class ExtractionConfig:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples as lists), as recorded in the manifest."""
         d = manifest_fields(self)  # the fields of the release before tuning moved here: byte-identical
+        for f in fields(self):  # settings added later: recorded only when set, so earlier stores resume
+            if f.metadata.get("added") and d.get(f.name) == field_default(f):
+                d.pop(f.name, None)
         d["models"] = list(self.models)
         d["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)
         return d
@@ -132,6 +144,10 @@ class FeaturePlan:
     weights_identity: dict[str, str]
     units: list[tuple[int, int]] = field(default_factory=list)
     dropped: dict[str, list[str]] = field(default_factory=dict)  # concept -> why none of its images is usable
+    #: model group -> how its images are preprocessed (`vsp.data.preprocess`; absent: torchvision's)
+    preprocessing: dict[str, Preprocessing] = field(default_factory=dict)
+    #: model group -> spec, family, preprocessing of each non-torchvision model (`vsp.extract.sources`)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.concepts:
@@ -142,6 +158,11 @@ class FeaturePlan:
         if not self.units:
             n, u = len(self.concepts), self.config.unit_size
             self.units = [(s, min(s + u, n)) for s in range(0, n, u)]
+
+    @property
+    def preprocessings(self) -> list[Preprocessing]:
+        """The distinct preprocessings the models need (torchvision's alone when none is recorded)."""
+        return list({p.key: p for p in self.preprocessing.values()}.values()) or [TORCHVISION]
 
     @property
     def max_images(self) -> int:
@@ -157,6 +178,7 @@ class FeaturePlan:
             "images": {c: list(self.images[c]) for c in self.concepts},
             "weights_identity": dict(self.weights_identity),
             "layers": [x.record() for x in self.layers],
+            **({"sources": dict(self.sources)} if self.sources else {}),
         }
 
 
@@ -185,8 +207,27 @@ class UnitResult:
 class FeatureStore:
     """Reads and writes the feature layout under one store prefix."""
 
+    #: chunks of one unit written at once (each zarr write waits on its own I/O; S3 most of all)
+    WRITE_THREADS = 8
+
     def __init__(self, store: Store) -> None:
         self.store = store
+        # arrays opened for writing, by path: a prefix's arrays never change once created (the manifest
+        # claim refuses any other configuration on it), so each is opened once per process, not per unit
+        self._arrays: dict[str, zarr.Array] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"store": self.store}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["store"])
+
+    def _array(self, root: zarr.Group | None, path: str) -> zarr.Array:
+        if path not in self._arrays:
+            if root is None:
+                root = zarr.open_group(store=self.store.zarr_store(ZARR_PATH), mode="r+", zarr_format=3)
+            self._arrays[path] = root[path]
+        return self._arrays[path]
 
     # -- coordinator -------------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any] | None:
@@ -313,9 +354,15 @@ class FeatureStore:
 
     def write_unit(self, plan: FeaturePlan, result: UnitResult) -> None:
         """Write the unit's whole chunks of every array, then the marker that lists them (never reversed)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         start, stop = plan.units[result.unit]
         chunk = start // plan.config.unit_size
-        root = zarr.open_group(store=self.store.zarr_store(ZARR_PATH), mode="r+", zarr_format=3)
+        root = (
+            None
+            if self._arrays
+            else zarr.open_group(self.store.zarr_store(ZARR_PATH), mode="r+", zarr_format=3)
+        )
         values = hashlib.sha256()
         blocks: list[tuple[np.ndarray, float]] = []  # in unit_chunks order, with each array's fill value
         for layer in plan.layers:
@@ -329,8 +376,15 @@ class FeatureStore:
             blocks.append((iv.astype(np.float32, copy=False), np.nan))
         blocks.append((result.n_images.astype(np.int32), 0))
         outputs = []
-        for (path, key), (block, fill) in zip(unit_chunks(plan.layers, chunk), blocks, strict=True):
-            root[path][start:stop] = block
+        chunks = list(zip(unit_chunks(plan.layers, chunk), blocks, strict=True))
+        arrays = [self._array(root, path) for (path, _), _ in chunks]
+
+        def put(i: int) -> None:
+            arrays[i][start:stop] = chunks[i][1][0]
+
+        with ThreadPoolExecutor(self.WRITE_THREADS, thread_name_prefix="vsp-chunks") as pool:
+            list(pool.map(put, range(len(chunks))))  # every chunk written (or the first error raised)
+        for (_path, key), (block, fill) in chunks:
             values.update(key.encode())
             values.update(np.ascontiguousarray(block).tobytes())
             empty = np.isnan(block).all() if np.isnan(fill) else bool((block == fill).all())
@@ -588,3 +642,21 @@ def assemble_unit(
         concept_vectors[layer.path] = cv.astype(np.float32)
         image_vectors[layer.path] = iv
     return UnitResult(unit, concept_vectors, image_vectors, counts.astype(np.int32), list(skipped or []))
+
+
+def layer_differences(reference: FeatureStore, other: FeatureStore) -> dict[str, float]:
+    """Max relative difference per layer of two stores of the same images and layers.
+
+    ``max |a - b| / max |a|`` over the concept rows: a bfloat16 or channels-last run against its float32
+    reference.
+    """
+    have = {x.path for x in other.layers()}
+    out: dict[str, float] = {}
+    for layer in reference.layers():
+        if layer.path not in have:
+            raise VspInputError(f"{other.store.uri} has no layer {layer.path}")
+        a = reference.read(layer.model, layer.name).astype(np.float64)
+        b = other.read(layer.model, layer.name).astype(np.float64)
+        scale = float(np.abs(a).max()) or 1.0
+        out[layer.path] = float(np.abs(a - b).max()) / scale
+    return out

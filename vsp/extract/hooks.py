@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vsp.data.preprocess import Preprocessing
 from vsp.errors import VspInputError
 from vsp.extract.layouts import (
     POOLINGS,
@@ -60,12 +61,14 @@ from vsp.extract.networks import (
     ACTIVATIONS,
     DEFAULT_LAYERS,
     PENULTIMATE,
+    PROJECTION,
     Tap,
     activation_taps,
-    load_model,
     penultimate_tap,
+    projection_tap,
     select_layers,
 )
+from vsp.extract.sources import load_source, parse_source, source_record
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +90,13 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 def _per_model(value, names: Sequence[str], what: str) -> dict:
+    """One value per model spec; a mapping may be keyed by the spec or by the model's group name."""
     if isinstance(value, Mapping):
-        missing = [n for n in names if n not in value]
+        groups = {n: parse_source(n).group for n in names}
+        missing = [n for n in names if n not in value and groups[n] not in value]
         if missing:
             raise VspInputError(f"{what} given per model but missing for: {', '.join(missing)}")
-        return {n: value[n] for n in names}
+        return {n: value[n] if n in value else value[groups[n]] for n in names}
     return dict.fromkeys(names, value)
 
 
@@ -124,7 +129,13 @@ def resolve_layouts(
     images, only when there is such a tap.
     """
     geometry = token_geometry(model, size)
-    fixed = {"conv": "nchw", "block": "nchw", "transition": "nchw", "penultimate": "vector"}
+    fixed = {
+        "conv": "nchw",
+        "block": "nchw",
+        "transition": "nchw",
+        "penultimate": "vector",
+        "projection": "vector",
+    }
     if all(t.kind in fixed for t in taps):
         out = [replace(t, layout=fixed[t.kind]) for t in taps]
     else:
@@ -158,7 +169,7 @@ def resolve_layouts(
             prefix = geometry.prefix if layout == "tokens" and geometry is not None else 0
             out.append(replace(t, layout=layout, prefix=prefix))
     for t in out:
-        if t.kind != "penultimate":
+        if t.kind not in ("penultimate", "projection"):
             check_pooling(name, t.name, t.layout, pooling, geometry)
     return out
 
@@ -178,15 +189,20 @@ def _log_fallback(model: str, activation: str, taps: list[Tap]) -> None:
 class MultiNetExtractor:
     """Load every network once; one forward pass per network per batch yields every tapped layer, pooled.
 
-    ``models``: names (a list or a comma-separated string). ``layers``, ``weights``: one value for all models
-    or a mapping model -> value (see :func:`vsp.extract.networks.select_layers` and
-    :func:`vsp.extract.networks.load_model`). ``pooling``: ``"max"`` (default) or ``"mean"``. ``activation``:
+    ``models``: model specs (a list or a comma-separated string; `vsp.extract.sources`: ``resnet34``,
+    ``timm:<name>``, ``open_clip:<arch>[:<tag>]``, ``hf:<repo|folder|type>``). Results are keyed by each
+    model's store group name (:attr:`vsp.extract.sources.ModelSource.group`; a torchvision model's own name).
+    ``layers``, ``weights``: one value for all models or a mapping spec (or group) -> value (see
+    :func:`vsp.extract.networks.select_layers` and :func:`vsp.extract.sources.load_source`). ``pooling``:
+    ``"max"`` (default), ``"mean"`` or ``"cls"``. ``activation``:
     ``"conv"`` (default), ``"bn"`` or ``"relu"``, the value each layer tap pools (module docstring); every tap
     records the point it got (``Tap.activation``). ``penultimate``: also tap the classifier input (last in
     each model's tap list).
 
-    Attributes: ``models`` (name -> module), ``taps`` (name -> list of :class:`Tap`, penultimate last),
-    ``weights_identity`` (name -> identity string).
+    Attributes (keyed by group name): ``models`` (module), ``taps`` (list of :class:`Tap`, penultimate
+    last, then a CLIP ``projection``), ``weights_identity`` (identity string), ``preprocessing``
+    (:class:`vsp.data.preprocess.Preprocessing`), ``sources`` (the record of each non-torchvision model).
+    A batch is one tensor for every model, or a mapping preprocessing key -> tensor (:meth:`forward_tensors`).
     """
 
     def __init__(
@@ -229,26 +245,38 @@ class MultiNetExtractor:
         self.models: dict[str, nn.Module] = {}
         self.taps: dict[str, list[Tap]] = {}
         self.weights_identity: dict[str, str] = {}
+        self.preprocessing: dict[str, Preprocessing] = {}
+        self.sources: dict[str, dict] = {}
         self._results: dict[str, dict[str, torch.Tensor]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._channels: dict[str, dict[str, int]] | None = None
 
-        for name in names:
-            model, identity = load_model(name, str(weight_sel[name]), seed=seed)
-            taps = select_layers(model, name, layer_sel[name])
+        groups = [parse_source(n).group for n in names]
+        if len(set(groups)) != len(groups):
+            raise VspInputError(f"models {names} name the same model twice")
+        for spec in names:
+            loaded = load_source(spec, str(weight_sel[spec]), seed=seed)
+            model, identity, name = loaded.model, loaded.identity, loaded.source.group
+            taps = select_layers(model, name, layer_sel[spec])
             if penultimate:
-                taps = [t for t in taps if t.name != PENULTIMATE]
+                taps = [t for t in taps if t.name not in (PENULTIMATE, PROJECTION)]
                 taps.append(penultimate_tap(model, name, index=len(taps)))
+                proj = projection_tap(model, name, index=len(taps))
+                if proj is not None:
+                    taps.append(proj)
             taps = activation_taps(model, name, taps, activation)
             if activation != "conv":
                 _log_fallback(name, activation, taps)
             model = model.to(self.device)
             if self.channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            taps = resolve_layouts(model, name, taps, pooling, self.device)
+            taps = resolve_layouts(model, name, taps, pooling, self.device, loaded.preprocessing.size)
             self.models[name] = model
             self.taps[name] = taps
             self.weights_identity[name] = identity
+            self.preprocessing[name] = loaded.preprocessing
+            if loaded.source.family != "torchvision":
+                self.sources[name] = source_record(loaded)
             self._results[name] = {}
             self._register(name, model, taps)
             log.info("%s: %d taps (%s weights) on %s", name, len(taps), identity, self.device)
@@ -302,17 +330,42 @@ class MultiNetExtractor:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def forward_tensors(self, batch: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-        """Like :meth:`__call__` but returns the pooled ``(B, C)`` float32 tensors on the device."""
+    @property
+    def preprocessings(self) -> list[Preprocessing]:
+        """The distinct preprocessings of the models, in model order (what a decoder must produce)."""
+        return list({p.key: p for p in self.preprocessing.values()}.values())
+
+    def _input(self, batch, key: str) -> torch.Tensor:
+        if isinstance(batch, Mapping):
+            if key not in batch:
+                raise VspInputError(
+                    f"no images preprocessed as {key!r} in the batch (have: {', '.join(batch)})"
+                )
+            batch = batch[key]
         if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or batch.shape[1] != 3:
             shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
             raise VspInputError(f"expected an image batch of shape (B, 3, H, W), got {shape}")
         x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward_tensors(
+        self, batch: torch.Tensor | Mapping[str, torch.Tensor]
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Like :meth:`__call__` but returns the pooled ``(B, C)`` float32 tensors on the device.
+
+        ``batch``: one ``(B, 3, H, W)`` tensor for every model, or a mapping from preprocessing key
+        (:attr:`vsp.data.preprocess.Preprocessing.key`) to the same images preprocessed that way.
+        """
+        inputs: dict[str, torch.Tensor] = {}
         out: dict[str, dict[str, torch.Tensor]] = {}
         with torch.inference_mode(), self._autocast():
             for name, model in self.models.items():
+                key = self.preprocessing[name].key if isinstance(batch, Mapping) else ""
+                if key not in inputs:
+                    inputs[key] = self._input(batch, key)
+                x = inputs[key]
                 results = self._results[name]
                 results.clear()
                 model(x)
@@ -323,7 +376,7 @@ class MultiNetExtractor:
                 results.clear()
         return out
 
-    def __call__(self, batch: torch.Tensor) -> dict[str, dict[str, np.ndarray]]:
+    def __call__(self, batch: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[str, dict[str, np.ndarray]]:
         """Pooled features of one batch: model -> tap name -> ``(B, C)`` float32 array."""
         pooled = self.forward_tensors(batch)
         out: dict[str, dict[str, np.ndarray]] = {}
@@ -335,10 +388,14 @@ class MultiNetExtractor:
             out[name] = {k: np.ascontiguousarray(p) for k, p in zip(keys, parts, strict=True)}
         return out
 
-    def channels(self, size: int = 224) -> dict[str, dict[str, int]]:
-        """Channels per model and tap, from one dry forward pass of a zero image of ``size`` px (cached)."""
+    def channels(self, size: int | None = None) -> dict[str, dict[str, int]]:
+        """Channels per model and tap, from one dry pass of a zero image (cached).
+
+        The image has each model's input size, or ``size`` px.
+        """
         if self._channels is None:
-            pooled = self.forward_tensors(torch.zeros(1, 3, size, size))
+            zeros = {p.key: torch.zeros(1, 3, size or p.size, size or p.size) for p in self.preprocessings}
+            pooled = self.forward_tensors(zeros)
             self._channels = {m: {k: int(v.shape[1]) for k, v in t.items()} for m, t in pooled.items()}
         return self._channels
 

@@ -56,8 +56,10 @@ def token_geometry(model: nn.Module, size: int = 224) -> TokenGeometry | None:
     """The prefix and patch counts of ``model``'s token sequence for a ``size`` x ``size`` image, if known.
 
     Read from what the model itself declares: timm (``num_prefix_tokens``, ``patch_embed.patch_size``),
-    torchvision's ``VisionTransformer`` (``class_token``, ``patch_size``). Models that declare nothing have
-    no token geometry, and their 3-d taps are refused.
+    torchvision's ``VisionTransformer`` (``class_token``, ``patch_size``), OpenCLIP's ``VisionTransformer``
+    (``class_embedding``: one class token), a Hugging Face vision model (``config.patch_size``; the prefix is
+    the embeddings' sequence length less the patches: ViT, DINOv2, CLIP 1, SigLIP 0, DINOv2 with registers
+    1 + registers). Models that declare nothing have no token geometry, and their 3-d taps are refused.
     """
     patch = None
     prefix = None
@@ -68,6 +70,18 @@ def token_geometry(model: nn.Module, size: int = 224) -> TokenGeometry | None:
     elif hasattr(model, "class_token") and hasattr(model, "patch_size") and hasattr(model, "encoder"):
         patch = _pair(model.patch_size)  # torchvision.models.VisionTransformer
         prefix = 1
+    elif hasattr(model, "class_embedding") and hasattr(model, "grid_size") and hasattr(model, "patch_size"):
+        patch = _pair(model.patch_size)  # open_clip's VisionTransformer: one class token
+        prefix = 1
+    elif hasattr(model, "config") and hasattr(model, "embeddings") and hasattr(model.config, "patch_size"):
+        patch = _pair(model.config.patch_size)  # Hugging Face: the prefix is what the embeddings add
+        first = next(model.parameters())
+        with torch.inference_mode():
+            tokens = model.embeddings(torch.zeros(1, 3, size, size, device=first.device, dtype=first.dtype))
+        tokens = tokens[0] if isinstance(tokens, tuple) else tokens
+        prefix = int(tokens.shape[1]) - (size // patch[0]) * (size // patch[1])
+        if tokens.ndim != 3 or prefix < 0:
+            return None
     if patch is None or prefix is None:
         return None
     return TokenGeometry(prefix, (size // patch[0]) * (size // patch[1]))

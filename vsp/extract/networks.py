@@ -37,7 +37,8 @@ The default everywhere (``vsp extract``, ``vsp demo``, the run file, ``Extractio
 ``MultiNetExtractor``) is ``"paper"``; for AlexNet, VGG16 and ResNet34 it is the same taps as ``"all-conv"``.
 
 Tap kinds: ``"conv"`` (an ``nn.Conv2d``), ``"block"`` (a DenseNet dense layer), ``"transition"`` (a DenseNet
-transition), ``"penultimate"``, and ``"module"`` for any other module picked by name or regex.
+transition), ``"penultimate"``, ``"projection"`` (a CLIP image embedding after its projection,
+`vsp.extract.sources`), and ``"module"`` for any other module picked by name or regex.
 
 Activation points (:func:`activation_taps`, ``--activation``)
 ------------------------------------------------------------
@@ -108,6 +109,9 @@ DEFAULT_LAYERS = "paper"
 #: it, or that through a ReLU.
 ACTIVATIONS = ("conv", "bn", "relu")
 CLASSIFIER_INPUT = "classifier-input"  # the penultimate tap's activation: never changed
+IMAGE_EMBEDDING = "image-embedding"  # the projection tap's activation (a CLIP image embedding)
+EMBEDDING = "vsp_embedding"  # vsp.extract.sources: input = the pooled embedding, output = its projection
+PROJECTION = "projection"
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,28 @@ def _read_weights_file(uri: str) -> bytes:
         ) from exc
 
 
+def _is_safetensors(data: bytes) -> bool:
+    """The safetensors layout: an 8-byte little-endian header length, then a JSON header."""
+    if len(data) < 10:
+        return False
+    n = int.from_bytes(data[:8], "little")
+    return 0 < n <= len(data) - 8 and data[8:9] == b"{"
+
+
 def _state_dict_from_bytes(data: bytes, uri: str, name: str) -> Mapping[str, torch.Tensor]:
+    if _is_safetensors(data):
+        try:
+            from safetensors.torch import load as load_safetensors
+        except ImportError as exc:
+            raise VspInputError(
+                f"weights file {uri!r} is a safetensors file: pip install safetensors to read it"
+            ) from exc
+        try:
+            return load_safetensors(data)
+        except Exception as exc:  # noqa: BLE001 - a damaged file
+            raise VspInputError(
+                f"weights file {uri!r} for model {name!r}: bad safetensors file: {exc}"
+            ) from exc
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
@@ -359,17 +384,33 @@ def penultimate_tap(model: nn.Module, name: str, index: int | None = None) -> Ta
     ``index`` defaults to the number of conv layers (so the tap sorts after an ``"all-conv"`` selection); the
     extractor sets it to the length of the model's selection.
     """
+    if index is None:
+        index = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    if hasattr(model, EMBEDDING):  # `vsp.extract.sources`: the pooled embedding the model itself produces
+        return Tap(
+            model=name, name=PENULTIMATE, index=index, kind="penultimate", module=EMBEDDING,
+            activation=CLASSIFIER_INPUT, layout="vector",
+        )  # fmt: skip
     linears = [n for n, m in _named(model) if isinstance(m, nn.Linear)]
     if not linears:
         raise VspInputError(
             f"model {name!r} has no nn.Linear classifier, so it has no penultimate tap; "
             "pick the layer by name instead"
         )
-    if index is None:
-        index = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     return Tap(
         model=name, name=PENULTIMATE, index=index, kind="penultimate", module=linears[-1],
         activation=CLASSIFIER_INPUT, layout="vector",
+    )  # fmt: skip
+
+
+def projection_tap(model: nn.Module, name: str, index: int) -> Tap | None:
+    """The CLIP image embedding after its projection (`vsp.extract.sources`), where the model has one."""
+    head = getattr(model, EMBEDDING, None)
+    if head is None or isinstance(head, nn.Identity):
+        return None
+    return Tap(
+        model=name, name=PROJECTION, index=index, kind="projection", module=EMBEDDING,
+        activation=IMAGE_EMBEDDING, layout="vector",
     )  # fmt: skip
 
 
@@ -463,7 +504,7 @@ def activation_taps(model: nn.Module, name: str, taps: list[Tap], activation: st
     dense = _dense_consumers(model) if any(isinstance(m, _DenseLayer) for m in modules.values()) else {}
     out: list[Tap] = []
     for t in taps:
-        if t.kind == "penultimate":
+        if t.kind in ("penultimate", "projection"):
             out.append(t)
             continue
         source: tuple[str, tuple[int, int] | None] | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 def make_extractor(config: ExtractionConfig, device: str = "cpu", **kwargs) -> MultiNetExtractor:
     """Build the networks a run's configuration names (loaded once per process/actor)."""
     layers = config.layers if isinstance(config.layers, str) else list(config.layers)
+    kwargs.setdefault("dtype", config.precision)
+    kwargs.setdefault("channels_last", config.channels_last)
     return MultiNetExtractor(
         list(config.models),
         layers=layers,
@@ -143,6 +145,8 @@ def plan_extraction(
         layers=layer_infos(extractor),
         weights_identity=dict(extractor.weights_identity),
         dropped=dropped,
+        preprocessing=dict(extractor.preprocessing),
+        sources=dict(extractor.sources),
     )
 
 
@@ -151,9 +155,18 @@ class DecodedUnit:
     """A unit's images, decoded and preprocessed on a CPU worker, ready for the networks."""
 
     unit: int
-    tensor: torch.Tensor  # (n_ok, 3, 224, 224)
+    tensor: torch.Tensor  # (n_ok, 3, 224, 224), the first (or only) preprocessing
     concept_of_image: np.ndarray  # unit-local concept index per decoded image
     skipped: list[dict[str, str]]
+    #: preprocessing key -> the same images preprocessed that way, when the models need more than one
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: decoder ``torchvision``: the images still encoded (`vsp.data.device_decode`), decoded by the extractor
+    encoded: list[Any] = field(default_factory=list)
+
+    @property
+    def n_images(self) -> int:
+        """How many images decoded (or will decode on the device)."""
+        return len(self.encoded) if self.encoded else len(self.tensor)
 
 
 def decode_unit_images(plan: FeaturePlan, unit: int, max_workers: int = 1) -> DecodedUnit:
@@ -165,9 +178,31 @@ def decode_unit_images(plan: FeaturePlan, unit: int, max_workers: int = 1) -> De
         for uri in plan.images[concept]:
             recs.append(ImageRecord(concept, uri))
             owner.append(j)
-    batch = decode_batch(recs, max_workers=max_workers)
+    preps = plan.preprocessings
+    if getattr(plan.config, "decoder", "pil") == "torchvision":
+        return _read_unit_encoded(unit, recs, owner)
+    batch = decode_batch(recs, max_workers=max_workers, preprocessings=preps)
     skipped = [{"uri": recs[i].uri, "reason": msg} for i, msg in batch.errors]
-    return DecodedUnit(unit, batch.tensor, np.asarray(owner)[batch.ok], skipped)
+    tensors = dict(batch.tensors) if len(preps) > 1 else {}
+    return DecodedUnit(unit, batch.tensor, np.asarray(owner)[batch.ok], skipped, tensors)
+
+
+def _read_unit_encoded(unit: int, recs: list[ImageRecord], owner: list[int]) -> DecodedUnit:
+    """The ``torchvision`` decoder's CPU side: read each file and check its header; decoding waits."""
+    from vsp.data.device_decode import read_encoded
+    from vsp.data.images import max_image_pixels
+
+    cap = max_image_pixels()
+    encoded, ok, skipped = [], [], []
+    for i, rec in enumerate(recs):
+        try:
+            encoded.append(read_encoded(rec.uri, cap))
+            ok.append(i)
+        except (VspInputError, OSError) as exc:
+            log.warning("skipping image: %s", exc)
+            skipped.append({"uri": rec.uri, "reason": str(exc)})
+    empty = torch.empty((0, 3, 0, 0), dtype=torch.float32)
+    return DecodedUnit(unit, empty, np.asarray(owner)[ok], skipped, {}, encoded)
 
 
 def compute_unit(
@@ -176,8 +211,23 @@ def compute_unit(
     """Run the unit's images through every network in batches and pool them into concept rows."""
     start, stop = plan.units[decoded.unit]
     per_image: dict[str, list[np.ndarray]] = {}
+    if decoded.encoded:  # decoder torchvision: decode, resize and crop on the extraction device
+        from vsp.data.device_decode import materialise
+
+        tensors = materialise(decoded.encoded, extractor.preprocessings, extractor.device)
+        decoded = replace(decoded, tensor=next(iter(tensors.values())), tensors=tensors, encoded=[])
+    elif extractor.device.type == "cuda" and len(decoded.tensor):  # pinned: batches copy asynchronously
+        tensors = {k: t.pin_memory() for k, t in decoded.tensors.items()}
+        first = tensors[next(iter(tensors))] if tensors else decoded.tensor.pin_memory()
+        decoded = replace(decoded, tensor=first, tensors=tensors)
     for i in range(0, len(decoded.tensor), batch_size):
-        for model, taps in extractor(decoded.tensor[i : i + batch_size]).items():
+        if decoded.tensors:
+            batch: Any = {k: t[i : i + batch_size] for k, t in decoded.tensors.items()}
+        elif len(extractor.preprocessings) == 1:
+            batch = decoded.tensor[i : i + batch_size]
+        else:
+            raise VspInputError(f"unit {decoded.unit}: decoded one way, but the models need several")
+        for model, taps in extractor(batch).items():
             for tap, arr in taps.items():
                 per_image.setdefault(f"{model}/{tap}", []).append(arr)
     if not per_image:
@@ -229,6 +279,47 @@ class ExtractionSummary:
         )
 
 
+def stream_units(
+    extractor: MultiNetExtractor,
+    plan: FeaturePlan,
+    fs: FeatureStore,
+    units: Sequence[int],
+    batch_size: int = 32,
+    on_unit: Callable[[int, DecodedUnit], None] | None = None,
+) -> None:
+    """Decode, compute and write ``units`` in order, decoding ahead and writing behind the forward passes.
+
+    One thread decodes the next unit ahead (PIL releases the GIL while decoding), one writes the finished
+    unit behind (the Zarr chunks, then its marker, as `FeatureStore.write_unit` always does); at most one unit
+    is in each, so memory stays at three units. The numbers are those of the plain loop: only the order of
+    waiting changes. ``on_unit(k, decoded)`` is called once unit ``units[k]`` is written; an error in any of
+    the three is raised after the write in flight has finished (nothing written is lost).
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    if not units:
+        return
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="vsp-decode") as decoder,
+        ThreadPoolExecutor(1, thread_name_prefix="vsp-write") as writer,
+    ):
+        ahead: Future = decoder.submit(decode_unit_images, plan, units[0])
+        behind: tuple[Future, int, DecodedUnit] | None = None
+        for k in range(len(units)):
+            decoded = ahead.result()
+            if k + 1 < len(units):
+                ahead = decoder.submit(decode_unit_images, plan, units[k + 1])
+            result = compute_unit(extractor, plan, decoded, batch_size)
+            if behind is not None:
+                behind[0].result()
+                if on_unit:
+                    on_unit(behind[1], behind[2])
+            behind = (writer.submit(fs.write_unit, plan, result), k, decoded)
+        behind[0].result()
+        if on_unit:
+            on_unit(behind[1], behind[2])
+
+
 def run_extraction_local(
     store: Store,
     records: Sequence[ImageRecord],
@@ -245,14 +336,16 @@ def run_extraction_local(
     fs = FeatureStore(store)
     fs.create(plan)
     pending = fs.pending_units(plan)
-    n_img = n_skip = 0
-    for k, unit in enumerate(pending):
-        decoded = decode_unit_images(plan, unit)
-        fs.write_unit(plan, compute_unit(extractor, plan, decoded, batch_size))
-        n_img += len(decoded.tensor)
-        n_skip += len(decoded.skipped)
+    counts = {"images": 0, "skipped": 0}
+
+    def unit_done(k: int, decoded: DecodedUnit) -> None:
+        counts["images"] += decoded.n_images
+        counts["skipped"] += len(decoded.skipped)
         if progress:
             progress(k + 1, len(pending))
+
+    stream_units(extractor, plan, fs, pending, batch_size, unit_done)
+    n_img, n_skip = counts["images"], counts["skipped"]
     return ExtractionSummary(
         store.uri,
         len(plan.units),

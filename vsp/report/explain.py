@@ -513,10 +513,14 @@ def _shown_label(lp: LayerPrediction) -> str:
     return lp.label if lp.layer in lp.label else f"{lp.label} ({lp.layer})"
 
 
-def _image_tensor(uri: str):
+def _image_tensor(uri: str, preprocessing=None):
     from vsp.data.images import load_image, preprocess
+    from vsp.data.preprocess import TORCHVISION
 
-    return preprocess(load_image(uri))
+    img = load_image(uri)
+    if preprocessing is None or preprocessing == TORCHVISION:
+        return preprocess(img)
+    return preprocessing.transform()(img)
 
 
 def image_features(
@@ -535,9 +539,12 @@ def image_features(
     modules = [x for x in layers if x != PENULTIMATE]
     if not modules:  # the extractor needs one module tap; take the first stored one and ignore it
         modules = [next(x.name for x in fs.layers() if x.model == model and x.name != PENULTIMATE)]
-    weights = cfg["weights"] if isinstance(cfg["weights"], str) else cfg["weights"][model]
+    spec = ident.get("sources", {}).get(model, {}).get("spec", model)  # timm:/open_clip:/hf: models
+    weights = cfg["weights"]
+    if not isinstance(weights, str):  # per model: keyed by the spec the run file names (or the group)
+        weights = weights.get(spec, weights.get(model))
     with MultiNetExtractor(
-        [model],
+        [spec],
         layers=modules,
         weights=weights,
         seed=int(cfg.get("seed", 0)),
@@ -554,7 +561,7 @@ def image_features(
                 f"but {weights!r} now loads {got}; "
                 "explanations need the run's own weights"
             )
-        batch = torch.stack([_image_tensor(u) for u in images])
+        batch = torch.stack([_image_tensor(u, ext.preprocessing[model]) for u in images])
         feats = extract_images(ext, batch, batch_size=16)[model]
     return {name: feats[name] for name in layers}
 
