@@ -17,7 +17,8 @@ of each end-to-end run (and two batches of the forward-only run) warm up and are
 images after the first unit over the time after it. Weights are seeded random (no downloads).
 
     python benchmarks/bench_pipeline.py --images 32                 # seconds on CPU
-    python benchmarks/bench_pipeline.py --device cuda --images 2048 --batch-size 256 --bf16 --channels-last
+    python benchmarks/bench_pipeline.py --device cuda --images 2048 --batch-size 256 --bf16 --channels-last \
+        --decoder torchvision                                   # the GPU input pipeline
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
     p.add_argument("--photos", default=None, help="a <concept>/<files> tree of your own photographs")
     p.add_argument("--skip-ray", action="store_true", help="leave out the embedded-Ray rate")
+    p.add_argument("--decoder", default="pil", choices=("pil", "torchvision"), help="extract.decoder")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the three; medians printed")
     args = p.parse_args()
     if args.threads:
@@ -149,6 +151,7 @@ def main() -> None:
     config = ExtractionConfig(
         models=models, layers=args.layers, weights="random", unit_size=unit_size,
         precision="bfloat16" if args.bf16 else "float32", channels_last=args.channels_last,
+        decoder=args.decoder,
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vsp-bench-pipeline-") as tmp:
         root = Path(args.photos) if args.photos else write_photographs(Path(tmp) / "photos", args.images,
@@ -164,17 +167,21 @@ def main() -> None:
         fwd, local = float(np.median(fwds)), float(np.median(locals_))
         ray_rate = float(np.median(rays)) if rays else None
         diffs = None
-        if args.bf16 or args.channels_last:  # the same images in float32, channels-first: the reference
+        if (
+            args.bf16 or args.channels_last or args.decoder != "pil"
+        ):  # float32, channels-first, PIL: the reference
             from dataclasses import replace
 
-            ref = replace(config, precision="float32", channels_last=False)
+            ref = replace(config, precision="float32", channels_last=False, decoder="pil")
             end_to_end_local(args, ref, records, Path(tmp) / "ref", make_extractor(ref, device=args.device))
             diffs = layer_differences(
                 FeatureStore(open_store(str(Path(tmp) / "ref"))),
                 FeatureStore(open_store(str(Path(tmp) / "local0"))),
             )
-    precision = ("bf16 autocast" if args.bf16 else "float32") + (
-        ", channels_last" if args.channels_last else ""
+    precision = (
+        ("bf16 autocast" if args.bf16 else "float32")
+        + (f", decoder {args.decoder}")
+        + (", channels_last" if args.channels_last else "")
     )
     print(
         f"bench_pipeline: {', '.join(models)} ({args.layers} layers); {len(records)} JPEGs "
