@@ -44,6 +44,7 @@ from vsp.io.store import Store
 log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
+PUBLISH_TRIES = 200  # bounded only against a livelock; other attempts stop writing when they finish
 FORMAT_VERSION = 2  # 1: run.json was the only record; 2: each attempt has its own, run.json is their view
 _PACKAGES = (
     "vsp",
@@ -399,7 +400,10 @@ class RunRecord:
 
     def _publish(self, exclude_self: bool = False) -> None:
         seen: dict[str, dict[str, Any]] | None = None
-        for _ in range(3):  # until no other attempt wrote while we built the view
+        # Until a re-read finds the records this view was built from: then no attempt wrote in between, and
+        # any later write is followed by its own publish. A fixed small number of tries (3, before) let a
+        # driver under contention leave a stale view as the last write (CI: an attempt shown "running").
+        for _ in range(PUBLISH_TRIES):
             records = _read_attempts(self.store, self._cache, skip=self.key)
             records.pop(self.attempt["id"], None)
             if not exclude_self:
