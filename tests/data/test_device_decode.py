@@ -31,6 +31,17 @@ def test_jpegs_stay_encoded_and_everything_else_takes_the_pil_path(tmp_path):
         read_encoded(str(tmp_path / "bad.jpg"))
 
 
+def test_a_jpeg_with_a_corrupt_body_is_found_on_the_device_and_skipped_alone(tmp_path):
+    good = _photo(tmp_path / "a.jpg")
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:600] + b"\x00" * 64)  # the header intact, the body not
+    images = [read_encoded(good), read_encoded(str(tmp_path / "cut.jpg"))]
+    assert all(im.encoded for im in images)  # nothing decoded on the CPU: the header is fine
+    tensors, ok, errors = materialise(images, [TORCHVISION], "cpu")
+    assert ok == [0] and tensors[TORCHVISION.key].shape == (1, 3, 224, 224)
+    assert [i for i, _ in errors] == [1] and "cut.jpg" in errors[0][1]
+
+
 def test_device_preprocessing_matches_pil_to_within_resize_rounding(tmp_path):
     paths = [
         _photo(tmp_path / "a.jpg"),
@@ -40,7 +51,7 @@ def test_device_preprocessing_matches_pil_to_within_resize_rounding(tmp_path):
     timm_like = Preprocessing(248, 224, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     for p in (TORCHVISION, timm_like):
         ref = decode_batch(paths, preprocessings=[p]).tensor
-        got = materialise([read_encoded(u) for u in paths], [p], "cpu")[p.key]
+        got = materialise([read_encoded(u) for u in paths], [p], "cpu")[0][p.key]
         assert got.shape == ref.shape == (3, 3, 224, 224)
         diff = (got - ref).abs() * torch.tensor(p.std).view(1, 3, 1, 1) * 255  # in 8-bit pixel levels
         assert float(diff.mean()) < 0.5 and float(diff.max()) < 12, (p, float(diff.mean()), float(diff.max()))

@@ -16,13 +16,12 @@ store. Features agree closely (tests bound the difference on CPU), not bit for b
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from vsp.data.preprocess import Preprocessing
 from vsp.errors import VspInputError
@@ -46,20 +45,17 @@ class EncodedImage:
 def read_encoded(uri: str, max_pixels: int | None = None) -> EncodedImage:
     """Read one file: a plain JPEG stays encoded; anything else is decoded by the PIL path now.
 
-    Raises what :func:`vsp.data.images.load_image` raises for bad files (the caller skips and records them).
+    A JPEG gets the PIL path's checks from its header alone (format, pixel cap, a cut header): no pixel is
+    decoded on the CPU. Raises what :func:`vsp.data.images.load_image` raises for bad files (the caller
+    skips and records them); a JPEG whose body is corrupt is found by :func:`decode_on`.
     """
-    from vsp.data.images import _open, load_image, max_image_pixels, read_uri_bytes
+    from vsp.data.images import _open_header, load_image, max_image_pixels, read_uri_bytes
 
     cap = max_image_pixels(max_pixels)
     data = read_uri_bytes(uri)
     label = os.fspath(uri)
-    try:
-        with Image.open(io.BytesIO(data)) as head:  # the header only
-            fmt, mode = head.format, head.mode
-    except (UnidentifiedImageError, OSError):
-        fmt, mode = None, None
-    if fmt == "JPEG" and mode in DEVICE_MODES:
-        _open(data, label, cap)  # the same checks as the PIL path: pixel cap, truncated header
+    head = _open_header(data, label, cap)
+    if head.format == "JPEG" and head.mode in DEVICE_MODES:
         return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), label)
     img = load_image(data, name=label, max_pixels=cap)
     return EncodedImage(torch.from_numpy(_rgb_array(img)).permute(2, 0, 1).contiguous(), label)
@@ -71,26 +67,40 @@ def _rgb_array(img: Image.Image):
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def decode_on(images: Sequence[EncodedImage], device: torch.device | str) -> list[torch.Tensor]:
-    """Every image as a (3, H, W) uint8 tensor on ``device``: the JPEGs in one batched decode."""
+def decode_on(
+    images: Sequence[EncodedImage], device: torch.device | str
+) -> tuple[list[torch.Tensor | None], list[tuple[int, str]]]:
+    """Every image as a (3, H, W) uint8 tensor on ``device``: the JPEGs in one batched decode.
+
+    Only the header was checked on the CPU: when the batch fails, each JPEG is decoded on its own, and one
+    whose body is corrupt is ``None`` here with ``(index, message naming the uri)`` in the errors, so one
+    bad file never sinks the unit (as on the PIL path).
+    """
     from torchvision.io import ImageReadMode, decode_jpeg
 
     device = torch.device(device)
     jpegs = [i for i, im in enumerate(images) if im.encoded]
     out: list[torch.Tensor | None] = [None] * len(images)
+    errors: list[tuple[int, str]] = []
+
+    def decode(ix: list[int]) -> list[torch.Tensor]:
+        data = [images[i].data for i in ix]
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+
     if jpegs:
-        decoded = decode_jpeg(
-            [images[i].data for i in jpegs],
-            mode=ImageReadMode.RGB,
-            device=device,
-            apply_exif_orientation=True,
-        )
-        for i, t in zip(jpegs, decoded, strict=True):
-            out[i] = t
+        try:
+            for i, t in zip(jpegs, decode(jpegs), strict=True):
+                out[i] = t
+        except RuntimeError:
+            for i in jpegs:
+                try:
+                    out[i] = decode([i])[0]
+                except RuntimeError as exc:
+                    errors.append((i, f"{images[i].uri}: corrupt JPEG image ({exc})"))
     for i, im in enumerate(images):
-        if out[i] is None:
+        if not im.encoded:
             out[i] = im.data.to(device, non_blocking=True)
-    return out  # type: ignore[return-value]
+    return out, errors
 
 
 def preprocess_on(pixels: torch.Tensor, p: Preprocessing) -> torch.Tensor:
@@ -115,7 +125,16 @@ def preprocess_on(pixels: torch.Tensor, p: Preprocessing) -> torch.Tensor:
 
 def materialise(
     images: Sequence[EncodedImage], preprocessings: Sequence[Preprocessing], device: torch.device | str
-) -> dict[str, torch.Tensor]:
-    """One unit's images, decoded on ``device``, as a ``(N, 3, S, S)`` float32 batch per preprocessing."""
-    pixels = decode_on(images, device)
-    return {p.key: torch.stack([preprocess_on(px, p) for px in pixels]) for p in preprocessings}
+) -> tuple[dict[str, torch.Tensor], list[int], list[tuple[int, str]]]:
+    """One unit's images decoded on ``device``: a ``(n_ok, 3, S, S)`` float32 batch per preprocessing.
+
+    Also returns the indices of the images in the batches and ``(index, message)`` of those that did not
+    decode (:func:`decode_on`).
+    """
+    pixels, errors = decode_on(images, device)
+    ok = [i for i, px in enumerate(pixels) if px is not None]
+    out = {}
+    for p in preprocessings:
+        rows = [preprocess_on(pixels[i], p) for i in ok]  # type: ignore[arg-type]
+        out[p.key] = torch.stack(rows) if rows else torch.empty((0, 3, p.size, p.size), device=device)
+    return out, ok, errors

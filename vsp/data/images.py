@@ -388,7 +388,12 @@ def _too_large(pixels: int, cap: int, size: tuple[int, int] | None = None, pil_l
 
 
 def _open(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open ``data``, check its size from the header, then decode it; errors name ``name`` with the reason.
+    """:func:`_open_header`, then decode the pixels."""
+    return _decode_opened(_open_header(data, name, max_pixels), name)
+
+
+def _open_header(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open ``data`` and check it from its header alone; errors name ``name`` with the reason.
 
     ``Image.open`` reads only the header, so an image with more than ``max_pixels`` pixels (0: no cap) is
     refused before any pixel is decoded; PIL's decompression-bomb guard is only a backstop (it refuses in
@@ -417,6 +422,12 @@ def _open(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) ->
     width, height = img.size
     if max_pixels and width * height > max_pixels:
         raise VspInputError(f"{name}: {_too_large(width * height, max_pixels, (width, height))}")
+    return img
+
+
+def _decode_opened(img: Image.Image, name: str) -> Image.Image:
+    """Decode an image :func:`_open_header` accepted (draft mode for very large JPEGs)."""
+    width, height = img.size
     if img.format in ("JPEG", "MPO") and width * height > DRAFT_MIN_PIXELS:
         img.draft("RGB", (DRAFT_SIZE, DRAFT_SIZE))  # DCT scaling by 1/2..1/8, keeping both sides >= 512
     try:

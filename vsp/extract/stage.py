@@ -214,8 +214,14 @@ def compute_unit(
     if decoded.encoded:  # decoder torchvision: decode, resize and crop on the extraction device
         from vsp.data.device_decode import materialise
 
-        tensors = materialise(decoded.encoded, extractor.preprocessings, extractor.device)
-        decoded = replace(decoded, tensor=next(iter(tensors.values())), tensors=tensors, encoded=[])
+        tensors, ok, errors = materialise(decoded.encoded, extractor.preprocessings, extractor.device)
+        for _, msg in errors:
+            log.warning("skipping image: %s", msg)
+        skipped = [{"uri": decoded.encoded[i].uri, "reason": msg} for i, msg in errors]
+        decoded = replace(
+            decoded, tensor=next(iter(tensors.values())), tensors=tensors, encoded=[],
+            concept_of_image=decoded.concept_of_image[ok], skipped=decoded.skipped + skipped,
+        )  # fmt: skip
     elif extractor.device.type == "cuda" and len(decoded.tensor):  # pinned: batches copy asynchronously
         tensors = {k: t.pin_memory() for k, t in decoded.tensors.items()}
         first = tensors[next(iter(tensors))] if tensors else decoded.tensor.pin_memory()
