@@ -480,6 +480,19 @@ def _read_stage(
 
 
 # -- the hooks of the built-in sections --------------------------------------------------------------------
+def _hf_folder(spec: str, base: Path | None) -> str:
+    """``hf:<folder>`` with a relative folder that exists made absolute, so every worker finds it.
+
+    Any other spec (a repository id, another family) is returned as written.
+    """
+    family, sep, rest = spec.partition(":")
+    if not sep or family != "hf" or _is_uri(rest):
+        return spec
+    p = Path(rest).expanduser()
+    full = p if p.is_absolute() else (base or Path.cwd()) / p
+    return f"hf:{full.resolve()}" if full.is_dir() else spec
+
+
 def _extract_hooks(base: Path | None) -> dict[str, Hook]:
     def layers(ex: _Section) -> str | tuple[str, ...]:
         raw = ex.data.get("layers", "paper")
@@ -500,16 +513,7 @@ def _extract_hooks(base: Path | None) -> dict[str, Hook]:
         names = ex.names("models", None)
         if names is None:
             return tuple(config_class("extract")().models)
-        out = []
-        for spec in names:
-            family, sep, rest = spec.partition(":")
-            if sep and family == "hf" and not _is_uri(rest):
-                p = Path(rest).expanduser()
-                full = p if p.is_absolute() else (base or Path.cwd()) / p
-                if full.is_dir():
-                    spec = f"hf:{full.resolve()}"
-            out.append(spec)
-        return tuple(out)
+        return tuple(_hf_folder(spec, base) for spec in names)
 
     return {"layers": layers, "weights": weights, "models": models}
 
@@ -532,13 +536,8 @@ def _meta_hooks(base: Path | None, dec: _Section | None) -> dict[str, Hook]:
             return None
         if value.lower() == "glove":  # type: ignore[union-attr]
             return "glove"
-        family, sep, rest = str(value).partition(":")
-        if sep and family == "open_clip":  # a text tower (vsp.data.text_towers)
-            return value  # type: ignore[return-value]
-        if sep and family == "hf" and not rest.startswith("//"):
-            p = Path(rest).expanduser()
-            full = p if p.is_absolute() else (base or Path.cwd()) / p
-            return f"hf:{full.resolve()}" if full.is_dir() else value  # type: ignore[return-value]
+        if str(value).startswith(("open_clip:", "hf:")):  # a text tower (vsp.data.text_towers)
+            return _hf_folder(str(value), base)
         return _resolve(value, base)  # type: ignore[arg-type]
 
     hooks: dict[str, Hook] = {"text": text}
