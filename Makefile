@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 VSP    := $(VENV)/bin/vsp
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEMO   ?= demo-run
+# test processes (pytest-xdist; whole files per worker, so module fixtures are built once)
+WORKERS ?= 2
 
 .PHONY: setup demo test test-fast lint bench clean
 
@@ -22,10 +24,10 @@ demo: setup
 	$(VSP) demo --out $(DEMO)
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check vsp cluster jobs tests benchmarks

@@ -67,6 +67,11 @@ class RayExecutor:
             self._connect()
             self.connected = True
 
+    def device_kind(self) -> str:
+        """``cuda`` where the cluster offers a GPU, else ``cpu`` (joins the cluster)."""
+        self.connect()
+        return "cuda" if has_gpus() else "cpu"
+
     def _options(self, resources: Resources) -> dict[str, Any]:
         opts: dict[str, Any] = {
             "num_cpus": resources.cpus,

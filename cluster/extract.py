@@ -27,15 +27,18 @@ from typing import Any
 
 import ray
 
+from cluster.runtime import has_gpus
 from cluster.waiting import wait_any
 from vsp.data.images import ImageRecord
 from vsp.extract.features import ExtractionConfig, FeaturePlan, FeatureStore
 from vsp.extract.stage import (
     ExtractionSummary,
+    choose_batch_size,
     compute_unit,
     decode_unit_images,
     make_extractor,
     plan_extraction,
+    resolve_channels_last,
 )
 from vsp.io.store import open_store
 from vsp.stage import pick_device
@@ -58,7 +61,7 @@ class ExtractionActor:
     """
 
     def __init__(
-        self, store_uri: str, config: ExtractionConfig, batch_size: int, threads: int | None = None
+        self, store_uri: str, config: ExtractionConfig, batch_size: int | None, threads: int | None = None
     ) -> None:
         import torch
 
@@ -67,7 +70,7 @@ class ExtractionActor:
             torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
         self.extractor = make_extractor(config, device=self.device)
         self.fs = FeatureStore(open_store(store_uri))
-        self.batch_size = batch_size
+        self.batch_size = batch_size if batch_size is not None else choose_batch_size(self.extractor)
         self._compute = threading.Lock()  # one unit's forward passes at a time; writes run beside them
 
     def pid(self) -> int:
@@ -146,7 +149,7 @@ def run_extraction_ray(
     config: ExtractionConfig,
     concepts: Sequence[str] | None = None,
     n_actors: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = 32,
     window: int = 2,
     progress: Callable[[int, int, int], None] | None = None,
     on_actors: Callable[[list], None] | None = None,
@@ -161,6 +164,14 @@ def run_extraction_ray(
     """
     t0 = time.perf_counter()
     store = open_store(store_uri)
+    if config.channels_last is None:  # auto, undecided by the runner: the store's, else the cluster's devices
+        if FeatureStore(store).manifest() is None:
+            if connect is not None:
+                connect()
+            device = "cuda" if has_gpus() else "cpu"
+        else:
+            device = "cpu"
+        config = resolve_channels_last(config, store, device)
     # The coordinator builds the networks once on CPU to learn each layer's width and the weights identity.
     planner = make_extractor(config, device="cpu")
     plan = plan_extraction(records, config, planner, concepts, store=store)

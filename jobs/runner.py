@@ -78,12 +78,15 @@ def run_pipeline(
     norms = StageContext.load_norms(config)
     inputs = {name: pipeline.get(name).check_inputs(config) for name in run_stage_list(config)}
     store = open_store(config.store)
+    # Ray is connected lazily (ctx.connect), by the first stage that has work for it (or an automatic
+    # setting of a new store that depends on the cluster's devices)
+    executor = make_executor(not no_ray, address)
+    for name in run_stage_list(config):
+        config = pipeline.get(name).resolve(config, store, executor)
     record = RunRecord.begin(store, config)  # refuses a prefix holding another configuration: nothing written
     log.info("run %s: stages %s (attempt %d)", store.uri, ", ".join(config.stages), record.attempt["attempt"])
     finished_any = False
     try:
-        # Ray is connected lazily (ctx.connect), by the first stage that has work for it
-        executor = make_executor(not no_ray, address)
         ctx = StageContext(config, store, executor, record, _norms=norms, inputs=inputs, reporter=reporter)
         for name in run_stage_list(config):
             stage = pipeline.get(name)

@@ -46,7 +46,7 @@ import os
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,8 +83,9 @@ def setting(
     (:func:`read_section`) applies: ``minimum`` / ``maximum`` / ``positive`` (numbers), ``choices`` (with
     ``choice_word`` for lists), ``path=True`` (a relative local path resolves against the run file's folder),
     ``aliases`` (other accepted run-file keys); and ``added=True`` (identity, but recorded only when not at
-    its default: a setting added after stores were written), ``manifest=False`` (left out of the stage's own
-    manifest, which predates it).
+    its default: a setting added after stores were written; ``implied``: the value such stores were computed
+    with, when the default is now another), ``manifest=False`` (left out of the stage's own manifest, which
+    predates it).
     """
     return field(default=default, metadata={"identity": identity, "key": key, "doc": doc, **extra})
 
@@ -112,7 +113,7 @@ def identity_fields(config: Any) -> dict[str, Any]:
     return {
         f.name: plain(getattr(config, f.name))
         for f in fields(config)
-        if is_identity(f) and not (f.metadata.get("added") and getattr(config, f.name) == field_default(f))
+        if is_identity(f) and not unrecorded(f, getattr(config, f.name))
     }
 
 
@@ -318,6 +319,18 @@ def field_default(f: Any) -> Any:
     return MISSING
 
 
+def unrecorded(f: Any, value: Any) -> bool:
+    """Whether an ``added=True`` setting is left out of identities and manifests at ``value``.
+
+    At its default, and at ``implied`` (the value stores written before the setting existed were computed
+    with, when the default is now another, such as ``channels_last``'s ``None`` = auto): both read as absent.
+    """
+    if not f.metadata.get("added"):
+        return False
+    implied = f.metadata.get("implied", MISSING)
+    return value == field_default(f) or (implied is not MISSING and value == implied)
+
+
 def section_dict(config: Any) -> dict[str, Any]:
     """A Config as its run-file section (keys as the run file spells them; plain JSON types)."""
     return {setting_key(f): plain(getattr(config, f.name)) for f in fields(config)}
@@ -334,7 +347,7 @@ def section_identity(config: Any) -> dict[str, Any]:
         if not is_identity(f):
             continue
         value = getattr(config, f.name)
-        if f.metadata.get("added") and value == field_default(f):
+        if unrecorded(f, value):
             continue
         out[setting_key(f)] = plain(value)
     return out
@@ -393,7 +406,7 @@ def read_field(section: _Section, f: Any, hint: Any, base_dir: Path | None, key:
     default = field_default(f)
     t, optional = _split_optional(hint)
     value = section.data.get(key)
-    if optional and value is None:
+    if optional and (value is None or (t in (bool, int) and value == "auto")):  # auto: the default (None)
         return default if default is not MISSING else None
     minimum, maximum, choices = md.get("minimum"), md.get("maximum"), md.get("choices")
     if t is bool:
@@ -746,6 +759,12 @@ class RunConfig:
     def mapping_config(self) -> MappingConfig:
         """The map stage's config (``self.map``)."""
         return self.map
+
+    def with_settings(self, name: str, config: Any) -> RunConfig:
+        """The same run with stage ``name``'s Config replaced (a stage's automatic settings decided)."""
+        if name in BUILTIN:
+            return replace(self, **{name: config})
+        return replace(self, extra={**self.extra, name: config})
 
     def with_stages(self, stages: tuple[str, ...] | list[str]) -> RunConfig:
         """The same run restricted to some stages (e.g. ``python -m jobs.extract`` runs only extraction)."""

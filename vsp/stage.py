@@ -87,6 +87,10 @@ class Executor(Protocol):
         """A stage's own distributed driver in ``cluster/`` by ``module:function`` (the actor pool)."""
         ...
 
+    def device_kind(self) -> str:
+        """``cuda`` or ``cpu``: where a stage's GPU work will run (the cluster's GPUs; joins the cluster)."""
+        ...
+
 
 class LocalExecutor:
     """Runs every unit in this process, in plan order (``--no-ray``, notebooks, tests)."""
@@ -108,6 +112,10 @@ class LocalExecutor:
     def remote(self, name: str) -> Callable[..., Any]:
         """No distributed drivers in this process: a stage asks only when ``distributed`` is true."""
         raise RuntimeError(f"{name}: a distributed driver was asked of the local executor")
+
+    def device_kind(self) -> str:
+        """This process's device (:func:`pick_device`)."""
+        return "cuda" if pick_device().startswith("cuda") else "cpu"
 
 
 def pick_device(wanted: str | None = None) -> str:
@@ -203,6 +211,14 @@ class Stage:
         stage's ``ctx.inputs[name]`` (the extraction's image list, read once).
         """
         return None
+
+    def resolve(self, run: RunConfig, store: Store, executor: Executor) -> RunConfig:
+        """``run`` with this stage's automatic settings decided (from the store and where it will run).
+
+        The runner calls it for every stage it will run, before the run is recorded, so the record, the
+        stage's manifest and every worker see one decision. Default: nothing to decide.
+        """
+        return run
 
     def identity(self, run: RunConfig) -> dict[str, Any]:
         """What decides this stage's results in a run: the inputs it reads and its identity settings.

@@ -44,11 +44,11 @@ EXEMPT = {
 
 
 def _normalise(value: Any) -> Any:
-    """CLI spellings as the Config holds them: 'a,b' -> ('a', 'b'); 'none' -> None; paths as text."""
+    """CLI spellings as the Config holds them: 'a,b' -> ('a', 'b'); 'none', 'auto' -> None; paths as text."""
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, str):
-        if value.lower() == "none":
+        if value.lower() in ("none", "auto"):
             return None
         if "," in value:
             return tuple(v.strip() for v in value.split(","))

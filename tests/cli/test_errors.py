@@ -59,7 +59,7 @@ def test_exit_codes_are_documented_in_one_place():
         (["extract", "--images", "IMG", "--unit-size", "0"], ["--unit-size", "got 0"]),
         (["extract", "--images", "IMG", "--seed", str(2**64)], ["--seed", f"to {2**63 - 1}"]),
         (["extract", "--images", "IMG", "--seed", "-1"], ["--seed", "from 0"]),
-        (["extract", "--images", "IMG", "--batch-size", "x"], ["--batch-size", "extract --help"]),
+        (["extract", "--images", "IMG", "--batch-size", "x"], ["--batch-size", "or auto", "got 'x'"]),
         (["extract", "--images", "IMG", "--weights", "IMG/gone/dir/w.pt"], ["--weights", "no such file"]),
         (["decode", "--norms", "N", "--folds", "1"], ["--folds", ">= 2"]),
         (["decode", "--norms", "N", "--seed", str(2**32)], ["--seed", f"to {2**32 - 1}"]),

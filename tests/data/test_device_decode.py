@@ -93,7 +93,7 @@ def test_bfloat16_and_channels_last_are_identity_and_compared_per_layer(tmp_path
     from vsp.data.images import build_manifest
 
     records = build_manifest(str(world.images_root))
-    base = ExtractionConfig(models=("resnet18",), weights="random", unit_size=4)
+    base = ExtractionConfig(models=("resnet18",), weights="random", unit_size=4, channels_last=False)
     stores = {}
     for name, kw in (("fp32", {}), ("bf16", {"precision": "bfloat16"}), ("cl", {"channels_last": True})):
         stores[name] = FeatureStore(open_store(str(tmp_path / name)))

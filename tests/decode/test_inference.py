@@ -32,7 +32,8 @@ def world(tmp_path_factory):
 def decoded(tmp_path_factory, world):
     """A store with alexnet features (random weights, seed 0) decoded once with the defaults."""
     path = tmp_path_factory.mktemp("decoded")
-    cfg = ExtractionConfig(models=("alexnet",), weights="random", seed=0, unit_size=6)
+    # channels-first, as every store before the setting existed (the control twin must follow it, not auto)
+    cfg = ExtractionConfig(models=("alexnet",), weights="random", seed=0, unit_size=6, channels_last=False)
     run_extraction_local(open_store(path), build_manifest(world.images_root), cfg)
     run_decode_local(open_store(path), norms(world), DecodeConfig(folds=3, seed=1))
     return path
@@ -121,6 +122,9 @@ def test_random_control_writes_selectivity(tmp_path, world, decoded):
     twin = FeatureStore(control_store(store))
     assert twin.manifest()["identity"]["config"]["weights"] == "random"
     assert twin.manifest()["identity"]["config"]["seed"] != 0  # derived, not the trained run's seed
+    trained = FeatureStore(store).manifest()["identity"]["config"]
+    for key in ("precision", "channels_last", "decoder"):  # computed as the trained features were
+        assert twin.manifest()["identity"]["config"].get(key) == trained.get(key)
     assert twin.concepts() == FeatureStore(store).concepts()
     layer = FeatureStore(store).layers()[0]
     assert not np.allclose(

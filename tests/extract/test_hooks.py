@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from vsp.errors import VspInputError
-from vsp.extract.hooks import MultiNetExtractor, concept_vector, extract_images
+from vsp.extract.hooks import MultiNetExtractor, concept_vector, extract_images, ieee_float32
 from vsp.extract.networks import PAPER_MODELS, load_model
 
 SIZE = 64  # AlexNet needs >= 63 px; channel counts do not depend on the size
@@ -204,6 +204,30 @@ def test_autocast_and_channels_last_options():
         np.testing.assert_allclose(cl[k], ref[k], rtol=1e-4, atol=1e-4)
         assert bf[k].dtype == np.float32
         assert np.corrcoef(bf[k].ravel(), ref[k].ravel())[0, 1] > 0.98
+
+
+def _fp32_flags() -> tuple[str, str]:
+    return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+
+
+def test_float32_forward_on_cuda_turns_tf32_off_and_restores_it():
+    before = _fp32_flags()
+    torch.backends.cudnn.conv.fp32_precision = "tf32"  # PyTorch's default for cuDNN convolutions
+    try:
+        with pytest.raises(RuntimeError, match="inside"), ieee_float32():
+            assert _fp32_flags() == ("ieee", "ieee")
+            raise RuntimeError("inside")
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+        ex = MultiNetExtractor(["alexnet"], seed=0)
+        ex.device = torch.device("cuda")  # what the context is chosen by; nothing runs on it here
+        with ex._autocast():
+            assert _fp32_flags() == ("ieee", "ieee")
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+        ex.device = torch.device("cpu")  # a CPU forward pass leaves the CUDA flags alone
+        with ex._autocast():
+            assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before
 
 
 def test_input_errors():

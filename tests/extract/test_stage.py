@@ -133,3 +133,80 @@ def test_concept_without_readable_image_is_dropped_before_anything_is_created(tm
     # a rerun keeps the recorded drop without reading the images again, and has nothing to do
     again = run_extraction_local(store, build_manifest(root), CONFIG)
     assert again.units_run == 0
+
+
+def test_channels_last_auto_is_decided_once_and_a_store_keeps_its_own(tmp_path, records):
+    from dataclasses import replace
+
+    from vsp.errors import ConfigMismatchError
+    from vsp.extract.stage import default_channels_last, resolve_channels_last
+
+    assert CONFIG.channels_last is None  # auto
+    assert default_channels_last("cuda") is False  # GPUs keep channels-first until measured there
+    assert resolve_channels_last(CONFIG, None, "cuda").channels_last is False
+    auto_cpu = default_channels_last("cpu")
+    # a new store on this CPU: decided by the device, recorded when it is channels-last
+    new = open_store(tmp_path / "new")
+    run_extraction_local(new, records, CONFIG)
+    recorded = FeatureStore(new).manifest()["identity"]["config"]
+    assert recorded.get("channels_last", False) is auto_cpu
+    # a store computed channels-first records nothing, as every store before the setting existed
+    old = open_store(tmp_path / "old")
+    first = replace(CONFIG, channels_last=False)
+    run_extraction_local(old, records, first)
+    assert "channels_last" not in FeatureStore(old).manifest()["identity"]["config"]
+    assert resolve_channels_last(CONFIG, old, "cpu").channels_last is False  # auto resumes it as it is
+    assert run_extraction_local(old, records, CONFIG).units_run == 0
+    with pytest.raises(ConfigMismatchError, match="channels_last"):
+        run_extraction_local(old, records, replace(CONFIG, channels_last=True))
+    if auto_cpu:  # an auto channels-last store takes the explicit setting it was decided as, not the other
+        assert run_extraction_local(new, records, replace(CONFIG, channels_last=True)).units_run == 0
+        with pytest.raises(ConfigMismatchError, match="channels_last"):
+            run_extraction_local(new, records, first)
+        a, b = all_arrays(FeatureStore(new)), all_arrays(FeatureStore(old))
+        diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+        assert 0 < diff < 1e-4  # the same features up to float32 summation order
+
+
+def test_the_runner_records_the_decided_memory_format_so_an_explicit_one_resumes(tmp_path, world):
+    from jobs.runner import run_pipeline
+    from vsp.config import RunConfig
+    from vsp.errors import ConfigMismatchError
+    from vsp.extract.stage import default_channels_last
+    from vsp.runrecord import read_run
+
+    def run(store, **extract):
+        doc = {
+            "store": str(tmp_path / store),
+            "images": str(world.images_root),
+            "stages": ["extract"],
+            "extract": {"models": ["alexnet"], "weights": "random", "seed": 3, "unit_size": 2, **extract},
+        }
+        return run_pipeline(RunConfig.from_dict(doc), no_ray=True)
+
+    auto = {"store": "s", "images": "i", "stages": ["extract"], "extract": {"channels_last": "auto"}}
+    assert RunConfig.from_dict(auto).extract.channels_last is None
+    run("a")
+    decided = default_channels_last("cpu")
+    doc = read_run(open_store(tmp_path / "a"))
+    assert doc["attempts"][-1]["config"]["extract"]["channels_last"] is decided
+    assert doc["identity"]["extract"]["extract"].get("channels_last", False) is decided
+    run("a", channels_last=decided)  # the decision, given explicitly: the same run, nothing refused
+    with pytest.raises(ConfigMismatchError, match="channels_last"):
+        run("a", channels_last=not decided)
+
+
+def test_batch_size_auto_is_32_on_a_cpu_and_follows_free_memory_on_a_gpu():
+    from vsp.config import RunConfig
+    from vsp.extract.stage import CPU_BATCH, batch_for_memory, choose_batch_size
+
+    assert choose_batch_size(make_extractor(CONFIG)) == CPU_BATCH == 32
+    mib = 2**20
+    assert batch_for_memory(100 * mib, 80_000 * mib) == 256  # 400 fit half of 80 GB: the power of two below
+    assert batch_for_memory(100 * mib, 80_000 * mib, fraction=1.0) == 512
+    assert batch_for_memory(1 * mib, 80_000 * mib) == 1024  # capped
+    assert batch_for_memory(5_000 * mib, 8_000 * mib) == 8  # never below the floor
+    doc = {"store": "s", "images": "i", "stages": ["extract"], "extract": {"batch_size": "auto"}}
+    assert RunConfig.from_dict(doc).extract.batch_size is None
+    doc["extract"]["batch_size"] = 64
+    assert RunConfig.from_dict(doc).extract.batch_size == 64

@@ -22,6 +22,17 @@ from vsp.cli.app import (
 from vsp.errors import VspInputError
 
 
+def batch_size_arg(text: str) -> int | str:
+    """``--batch-size``: ``auto`` or an integer >= 1 (the error names the option)."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise VspInputError(f"--batch-size: must be an integer >= 1 or auto, got {text!r}") from None
+    return check_int("--batch-size", value, 1)
+
+
 def layers_arg(layers: str) -> str | tuple[str, ...]:
     """`all-conv`, `paper`, `blocks` and `re:<regex>` pass through; anything else is a list of names."""
     if layers in ("all-conv", "paper", "blocks") or layers.startswith("re:"):
@@ -71,8 +82,14 @@ def extract(
         str, typer.Option(help="float32 | bfloat16 (autocast; faster on GPUs, other numbers: identity).")
     ] = "float32",
     channels_last: Annotated[
-        bool, typer.Option("--channels-last", help="Channels-last memory format (faster on CPUs; identity).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--channels-last/--channels-first",
+            help="Memory format (identity). Default: what the store holds, else channels-last on a CPU "
+            "(1.2-1.3x faster there) and channels-first on a GPU.",
+            show_default=False,
+        ),
+    ] = None,
     decoder: Annotated[
         str,
         typer.Option(
@@ -80,7 +97,9 @@ def extract(
             "extraction device: the GPU input pipeline; identity)."
         ),
     ] = "pil",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    batch_size: Annotated[
+        str, typer.Option(help="Images per forward pass, or auto (32 on a CPU; a GPU: from its free memory).")
+    ] = "auto",
     unit_size: Annotated[int, typer.Option(help="Concepts per work unit (= Zarr chunk rows).")] = 16,
     norms: Annotated[
         str | None, typer.Option("--norms", help="Keep only concepts present in these norms.")
@@ -99,7 +118,7 @@ def extract(
     Post-BatchNorm, post-ReLU values: vsp extract --images photos/ --store runs/r2 --activation relu
     """
     # errors (bad input 2, another configuration in the store 3, storage 4) become one line in vsp.cli.app
-    check_int("--batch-size", batch_size, 1)
+    batch = batch_size_arg(batch_size)
     check_int("--unit-size", unit_size, 1)
     check_seed("--seed", seed, weights=True)
     if pooling not in ("max", "mean", "cls"):
@@ -126,10 +145,10 @@ def extract(
             "pooling": pooling,
             "activation": activation,
             **({"precision": precision} if precision != "float32" else {}),
-            **({"channels_last": True} if channels_last else {}),
+            **({"channels_last": channels_last} if channels_last is not None else {}),
             **({"decoder": decoder} if decoder != "pil" else {}),
             "unit_size": unit_size,
-            "batch_size": batch_size,
+            "batch_size": batch,
             "follow_links": follow_links,
         },
     }

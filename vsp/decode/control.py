@@ -74,6 +74,11 @@ def control_extraction(store: Store, config: DecodeConfig) -> tuple[list[ImageRe
         pooling=trained.get("pooling", "max"),
         unit_size=int(trained.get("unit_size", 16)),
         activation=trained.get("activation", "conv"),
+        # computed as the trained features were (a store that records none of these is float32,
+        # channels-first, PIL-decoded): the twin differs from it in its weights only
+        precision=trained.get("precision", "float32"),
+        channels_last=bool(trained.get("channels_last", False)),
+        decoder=trained.get("decoder", "pil"),
     )
     records = [ImageRecord(c, uri) for c in identity["concepts"] for uri in identity["images"][c]]
     return records, ext

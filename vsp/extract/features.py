@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
-from vsp.config import WEIGHTS_SEED_MAX, field_default, manifest_fields, setting
+from vsp.config import WEIGHTS_SEED_MAX, field_default, manifest_fields, setting, unrecorded
 from vsp.data.preprocess import TORCHVISION, Preprocessing
 from vsp.errors import ConfigMismatchError, VspInputError
 from vsp.io.bookkeeping import digest, mismatch, now, open_manifest, scan_markers, write_marker
@@ -65,12 +65,18 @@ class ExtractionConfig:
     #: forward-pass precision: ``bfloat16`` autocast (GPUs) gives other numbers than float32, so it is
     #: identity and a bf16 run never resumes (or mixes into) a float32 store
     precision: str = setting("float32", choices=("float32", "bfloat16"), added=True, doc="forward precision")
-    #: channels-last memory format: faster on CPUs and tensor cores, float sums in another order (identity)
-    channels_last: bool = setting(False, added=True, doc="channels-last memory format")
+    #: channels-last memory format: float sums in another order, so identity. ``None`` (auto, the default) is
+    #: resolved before anything is planned (:func:`vsp.extract.stage.resolve_channels_last`): what the store
+    #: already holds, else channels-last on a CPU with oneDNN (measured 1.2-1.3x there), channels-first on a
+    #: GPU (not yet measured there). Stores written before the setting existed are channels-first (implied).
+    channels_last: bool | None = setting(
+        None, added=True, implied=False, doc="channels-last memory format (default: auto)"
+    )
     #: ``pil`` (PIL decoding and resizing, the reference) or ``torchvision`` (``torchvision.io.decode_jpeg``
     #: on the extraction device, resize and crop there: the GPU input pipeline, other pixels than PIL's)
     decoder: str = setting("pil", choices=("pil", "torchvision"), added=True, doc="image decoder")
-    batch_size: int = setting(32, identity=False, minimum=1, doc="images per forward pass")
+    #: ``None`` (auto): 32 on a CPU, on a GPU from its free memory (`vsp.extract.stage.choose_batch_size`)
+    batch_size: int | None = setting(None, identity=False, minimum=1, doc="images per forward pass (or auto)")
     actors: int | None = setting(None, identity=False, minimum=1, doc="extraction actors (default: per GPU)")
     #: extract only concepts present in the norms (when norms are given); identity in the run's record, but
     #: not in the feature manifest (the concepts themselves are)
@@ -93,7 +99,7 @@ class ExtractionConfig:
         """A JSON-ready dict (tuples as lists), as recorded in the manifest."""
         d = manifest_fields(self)  # the fields of the release before tuning moved here: byte-identical
         for f in fields(self):  # settings added later: recorded only when set, so earlier stores resume
-            if f.metadata.get("added") and d.get(f.name) == field_default(f):
+            if unrecorded(f, d.get(f.name, field_default(f))):
                 d.pop(f.name, None)
         d["models"] = list(self.models)
         d["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)

@@ -31,6 +31,9 @@ channels, the output of its 3x3 conv; a transition's output is after its average
 GPU options: ``dtype=torch.bfloat16`` (or ``float16``) runs the forward pass under ``torch.autocast`` (weights
 stay float32; pooled values are returned as float32, means accumulated in float32); ``channels_last=True``
 converts models and inputs to the channels-last memory format. Everything runs under ``torch.inference_mode``.
+A float32 forward pass runs cuDNN convolutions and CUDA matmuls in IEEE float32 (:func:`ieee_float32`):
+PyTorch's default lets cuDNN use TF32 on Ampere and later GPUs, 10-bit mantissas that would make "float32"
+features depend on the card.
 
 Aggregation per concept (:func:`concept_vector`): the mean of the per-image pooled vectors, then L2
 normalised.
@@ -78,6 +81,33 @@ _DTYPES = {
     "bf16": torch.bfloat16,
     "float16": torch.float16,
 }
+
+
+@contextlib.contextmanager
+def ieee_float32():
+    """Run cuDNN convolutions and CUDA matmuls in IEEE float32 inside the block (no TF32), restored after.
+
+    Uses the ``fp32_precision`` settings of PyTorch >= 2.9 (mixing them with the legacy ``allow_tf32`` flags
+    is an error there), else the legacy flags. Harmless on a CPU-only machine: only flags change.
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        targets = [conv, torch.backends.cuda.matmul]
+        saved = [t.fp32_precision for t in targets]
+        try:
+            for t in targets:
+                t.fp32_precision = "ieee"
+            yield
+        finally:
+            for t, v in zip(targets, saved, strict=True):
+                t.fp32_precision = v
+        return
+    saved_legacy = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved_legacy
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -327,7 +357,7 @@ class MultiNetExtractor:
     # forward -----------------------------------------------------------------------------------------------
     def _autocast(self):
         if self.dtype == torch.float32:
-            return contextlib.nullcontext()
+            return ieee_float32() if self.device.type == "cuda" else contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     @property

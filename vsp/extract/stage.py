@@ -38,11 +38,90 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def default_channels_last(device: str | torch.device) -> bool:
+    """``extract.channels_last: auto`` on a new store: channels-last on a CPU with oneDNN, else not.
+
+    Measured on 2 CPU cores, four networks: 1.18-1.31x the channels-first forward passes with the hooks
+    (benchmarks/results/pipeline-cpu-2core-2026-12-07.txt). GPUs keep channels-first until a device run
+    measures the choice there (set it explicitly meanwhile).
+    """
+    return torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
+
+
+def resolve_channels_last(
+    config: ExtractionConfig, store: Store | None = None, device: str | torch.device = "cpu"
+) -> ExtractionConfig:
+    """``config`` with ``channels_last`` decided: as set, else the store's, else the device's default.
+
+    The store's: as its features were computed (a store written before the setting existed is
+    channels-first); the device's: :func:`default_channels_last`. Decided once, by the driver, before
+    anything is planned: every actor and every rerun then computes what the manifest records, and a resumed
+    store is never refused for a default that changed.
+    """
+    if config.channels_last is not None:
+        return config
+    from vsp.extract.features import FeatureStore
+
+    manifest = FeatureStore(store).manifest() if store is not None else None
+    if manifest is not None:
+        recorded = manifest.get("identity", {}).get("config", {})
+        return replace(config, channels_last=bool(recorded.get("channels_last", False)))
+    return replace(config, channels_last=default_channels_last(device))
+
+
+#: images per forward pass on a CPU (``extract.batch_size: auto``): larger batches gain nothing on a few cores
+CPU_BATCH = 32
+
+
+def batch_for_memory(
+    per_image: float, free: float, fraction: float = 0.5, lo: int = 8, hi: int = 1024
+) -> int:
+    """The largest power of two of images whose activations fit ``fraction`` of the free memory.
+
+    ``per_image`` and ``free`` in bytes; the result is kept within [lo, hi]. The rule
+    :func:`choose_batch_size` applies to a GPU's measured memory.
+    """
+    n = int(fraction * free // max(per_image, 1.0))
+    return max(lo, min(hi, 1 << (max(n, 1).bit_length() - 1)))
+
+
+def choose_batch_size(extractor: MultiNetExtractor, probe: int = 8) -> int:
+    """``extract.batch_size: auto``: :data:`CPU_BATCH` on a CPU, on a GPU what its free memory holds.
+
+    On a GPU: one probe batch of zeros, its peak memory per image against the free memory
+    (:func:`batch_for_memory`).
+
+    The probe's fixed costs (cuDNN workspaces) count as per-image memory, so the estimate errs small.
+    Batch size is tuning, not identity: any batch gives the same features up to float32 summation order.
+    """
+    if extractor.device.type != "cuda":
+        return CPU_BATCH
+    dev = extractor.device
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    extractor.forward_tensors(
+        {p.key: torch.zeros(probe, 3, p.size, p.size) for p in extractor.preprocessings}
+    )
+    torch.cuda.synchronize(dev)
+    per_image = (torch.cuda.max_memory_allocated(dev) - base) / probe
+    free, _total = torch.cuda.mem_get_info(dev)
+    chosen = batch_for_memory(per_image, free)
+    log.info("extract: batch size %d on %s (%.0f MiB per image, %.0f MiB free)", chosen, dev,
+             per_image / 2**20, free / 2**20)  # fmt: skip
+    return chosen
+
+
 def make_extractor(config: ExtractionConfig, device: str = "cpu", **kwargs) -> MultiNetExtractor:
-    """Build the networks a run's configuration names (loaded once per process/actor)."""
+    """Build the networks a run's configuration names (loaded once per process/actor).
+
+    An undecided ``channels_last`` (auto) takes :func:`default_channels_last` of ``device``; a run decides it
+    first (:func:`resolve_channels_last`), so that planner and actors agree.
+    """
     layers = config.layers if isinstance(config.layers, str) else list(config.layers)
     kwargs.setdefault("dtype", config.precision)
-    kwargs.setdefault("channels_last", config.channels_last)
+    cl = config.channels_last
+    kwargs.setdefault("channels_last", default_channels_last(device) if cl is None else cl)
     return MultiNetExtractor(
         list(config.models),
         layers=layers,
@@ -124,6 +203,8 @@ def plan_extraction(
         keep = set(concepts)
         images = {c: u for c, u in images.items() if c in keep}
     images = {c: sorted(u) for c, u in images.items()}
+    if config.channels_last is None:  # auto, as the extractor decided it: the manifest records a decision
+        config = replace(config, channels_last=extractor.channels_last)
     existing = FeatureStore(store).manifest() if store is not None else None
     if existing is not None and "dropped_concepts" in existing:
         dropped = {c: list(r) for c, r in existing["dropped_concepts"].items() if c in images}
@@ -332,12 +413,18 @@ def run_extraction_local(
     config: ExtractionConfig,
     concepts: Sequence[str] | None = None,
     device: str = "cpu",
-    batch_size: int = 32,
+    batch_size: int | None = CPU_BATCH,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExtractionSummary:
-    """Extract in this process (no Ray): the notebook path and the reference the Ray path must equal."""
+    """Extract in this process (no Ray): the notebook path and the reference the Ray path must equal.
+
+    ``batch_size=None``: chosen for the device (:func:`choose_batch_size`).
+    """
     t0 = time.perf_counter()
+    config = resolve_channels_last(config, store, device)
     extractor = make_extractor(config, device=device)
+    if batch_size is None:
+        batch_size = choose_batch_size(extractor)
     plan = plan_extraction(records, config, extractor, concepts, store=store)
     fs = FeatureStore(store)
     fs.create(plan)
@@ -384,6 +471,19 @@ class ExtractStage(Stage):
         restrict = config.only_norm_concepts and run.norms is not None
         norms = run.norms_dict() if restrict else None
         return {"images": run.images, "norms": norms, "extract": section_identity(config)}
+
+    def resolve(self, run: RunConfig, store: Store, executor: Any) -> RunConfig:
+        """``channels_last: auto`` decided: the store's, else by the device the extraction will run on.
+
+        A new store with Ray joins the cluster here to see its GPUs.
+        """
+        config = run.settings(self.name)
+        if config.channels_last is not None:
+            return run
+        from vsp.extract.features import FeatureStore
+
+        device = "cpu" if FeatureStore(store).manifest() is not None else executor.device_kind()
+        return run.with_settings(self.name, resolve_channels_last(config, store, device))
 
     def check_inputs(self, run: RunConfig) -> list[Any]:
         """The image list (a folder tree, an S3 prefix or a manifest), every link and row checked."""
