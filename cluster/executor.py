@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from cluster.runtime import has_gpus
+from cluster.runtime import device_kind, has_gpus
 from cluster.waiting import get, wait_any
 from vsp.stage import Resources, pick_device
 
@@ -70,7 +70,7 @@ class RayExecutor:
     def device_kind(self) -> str:
         """``cuda`` where the cluster offers a GPU, else ``cpu`` (joins the cluster)."""
         self.connect()
-        return "cuda" if has_gpus() else "cpu"
+        return device_kind()
 
     def _options(self, resources: Resources) -> dict[str, Any]:
         opts: dict[str, Any] = {

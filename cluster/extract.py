@@ -27,7 +27,7 @@ from typing import Any
 
 import ray
 
-from cluster.runtime import has_gpus
+from cluster.runtime import device_kind
 from cluster.waiting import wait_any
 from vsp.data.images import ImageRecord
 from vsp.extract.features import ExtractionConfig, FeaturePlan, FeatureStore
@@ -164,14 +164,13 @@ def run_extraction_ray(
     """
     t0 = time.perf_counter()
     store = open_store(store_uri)
-    if config.channels_last is None:  # auto, undecided by the runner: the store's, else the cluster's devices
-        if FeatureStore(store).manifest() is None:
-            if connect is not None:
-                connect()
-            device = "cuda" if has_gpus() else "cpu"
-        else:
-            device = "cpu"
-        config = resolve_channels_last(config, store, device)
+
+    def cluster_device() -> str:  # auto, undecided by the runner, on a new store: the cluster's devices
+        if connect is not None:
+            connect()
+        return device_kind()
+
+    config = resolve_channels_last(config, store, cluster_device)
     # The coordinator builds the networks once on CPU to learn each layer's width and the weights identity.
     planner = make_extractor(config, device="cpu")
     plan = plan_extraction(records, config, planner, concepts, store=store)

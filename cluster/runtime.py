@@ -101,3 +101,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[st
 def has_gpus() -> bool:
     """Whether the connected cluster offers at least one GPU."""
     return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def device_kind() -> str:
+    """``cuda`` where the connected cluster offers a GPU, else ``cpu``."""
+    return "cuda" if has_gpus() else "cpu"

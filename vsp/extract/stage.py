@@ -30,7 +30,7 @@ from vsp.extract.features import (
 )
 from vsp.extract.hooks import MultiNetExtractor
 from vsp.io.store import Store
-from vsp.stage import Resources, Stage, StageContext
+from vsp.stage import Executor, Resources, Stage, StageContext
 
 if TYPE_CHECKING:
     from vsp.config import RunConfig
@@ -49,24 +49,25 @@ def default_channels_last(device: str | torch.device) -> bool:
 
 
 def resolve_channels_last(
-    config: ExtractionConfig, store: Store | None = None, device: str | torch.device = "cpu"
+    config: ExtractionConfig,
+    store: Store | None = None,
+    device: str | torch.device | Callable[[], str] = "cpu",
 ) -> ExtractionConfig:
     """``config`` with ``channels_last`` decided: as set, else the store's, else the device's default.
 
     The store's: as its features were computed (a store written before the setting existed is
     channels-first); the device's: :func:`default_channels_last`. Decided once, by the driver, before
     anything is planned: every actor and every rerun then computes what the manifest records, and a resumed
-    store is never refused for a default that changed.
+    store is never refused for a default that changed. ``device`` may be a callable, asked only for a new
+    store (a Ray driver joins the cluster to see its GPUs only then).
     """
     if config.channels_last is not None:
         return config
-    from vsp.extract.features import FeatureStore
-
     manifest = FeatureStore(store).manifest() if store is not None else None
     if manifest is not None:
         recorded = manifest.get("identity", {}).get("config", {})
         return replace(config, channels_last=bool(recorded.get("channels_last", False)))
-    return replace(config, channels_last=default_channels_last(device))
+    return replace(config, channels_last=default_channels_last(device() if callable(device) else device))
 
 
 #: images per forward pass on a CPU (``extract.batch_size: auto``): larger batches gain nothing on a few cores
@@ -472,7 +473,7 @@ class ExtractStage(Stage):
         norms = run.norms_dict() if restrict else None
         return {"images": run.images, "norms": norms, "extract": section_identity(config)}
 
-    def resolve(self, run: RunConfig, store: Store, executor: Any) -> RunConfig:
+    def resolve(self, run: RunConfig, store: Store, executor: Executor) -> RunConfig:
         """``channels_last: auto`` decided: the store's, else by the device the extraction will run on.
 
         A new store with Ray joins the cluster here to see its GPUs.
@@ -480,10 +481,7 @@ class ExtractStage(Stage):
         config = run.settings(self.name)
         if config.channels_last is not None:
             return run
-        from vsp.extract.features import FeatureStore
-
-        device = "cpu" if FeatureStore(store).manifest() is not None else executor.device_kind()
-        return run.with_settings(self.name, resolve_channels_last(config, store, device))
+        return run.with_settings(self.name, resolve_channels_last(config, store, executor.device_kind))
 
     def check_inputs(self, run: RunConfig) -> list[Any]:
         """The image list (a folder tree, an S3 prefix or a manifest), every link and row checked."""
